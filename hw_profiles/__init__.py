@@ -1,0 +1,1 @@
+"""Built-in hardware profiles (YAML); found by name with `--profile npu`."""

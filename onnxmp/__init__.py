@@ -1,0 +1,1 @@
+"""onnxmp: post-training mixed-precision quantization for ONNX models."""

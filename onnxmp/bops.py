@@ -1,0 +1,130 @@
+"""MACs per op and BOPs of a plan, relative to W8A16 everywhere.
+
+Why: the search trades accuracy for cost, and the cost a device pays scales with
+multiply-accumulates times operand bit-widths: BOPs = sum over ops of MACs * b_w * b_a
+(b_a1 * b_a2 for activation x activation MatMul). Relative BOPs divide by the same model
+with every quantized op at W8A16, so W8A8 everywhere is 0.5 and W4A8 everywhere 0.25.
+MACs are counted per sample (batch 1), with symbolic dims taken from the calibration data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+from onnxmp.graph import ATTR_TRANS_A, DataflowGraph, build, get_attribute
+from onnxmp.records import Candidate, GroupAnalysis, Plan
+
+REFERENCE = Candidate(8, 16)
+
+
+def concrete_graph(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]]) -> DataflowGraph:
+    """Index of a copy of `model` whose inputs have the given shapes (batch forced to 1)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    del fixed.graph.value_info[:]
+    for info in fixed.graph.input:
+        if info.name not in sample_shapes:
+            continue
+        shape = [1, *list(sample_shapes[info.name])[1:]]
+        dims = info.type.tensor_type.shape.dim
+        for dim, value in zip(dims, shape, strict=True):
+            dim.Clear()
+            dim.dim_value = int(value)
+    return build(shape_inference.infer_shapes(fixed, data_prop=True))
+
+
+def macs_per_op(graph: DataflowGraph) -> dict[str, int]:
+    """MACs of every Conv, ConvTranspose, Gemm and MatMul whose shapes are known."""
+    result = {}
+    for name in graph.order:
+        node = graph.nodes[name]
+        counter = _COUNTERS.get(node.op_type)
+        if counter is None:
+            continue
+        macs = counter(graph, node)
+        if macs is not None:
+            result[name] = int(macs)
+    return result
+
+
+def _shape(graph: DataflowGraph, tensor: str) -> tuple[int, ...] | None:
+    shape = graph.shapes.get(tensor)
+    if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
+        return None
+    return tuple(shape)
+
+
+def _conv_macs(graph: DataflowGraph, node) -> int | None:
+    """Output elements x (input channels / groups) x kernel size."""
+    out, weight = _shape(graph, node.output[0]), _shape(graph, node.input[1])
+    if out is None or weight is None:
+        return None
+    return int(np.prod(out)) * int(np.prod(weight[1:]))
+
+
+def _conv_transpose_macs(graph: DataflowGraph, node) -> int | None:
+    """Input elements x (output channels / groups) x kernel size."""
+    inp, weight = _shape(graph, node.input[0]), _shape(graph, node.input[1])
+    if inp is None or weight is None:
+        return None
+    # weight is [C_in, C_out/group, k...]: each input element feeds C_out/group x k outputs
+    return int(np.prod(inp)) * int(np.prod(weight[1:]))
+
+
+def _gemm_macs(graph: DataflowGraph, node) -> int | None:
+    a = _shape(graph, node.input[0])
+    out = _shape(graph, node.output[0])
+    if a is None or out is None:
+        return None
+    k = a[0] if get_attribute(node, ATTR_TRANS_A, 0) else a[1]
+    return out[0] * out[1] * k
+
+
+def _matmul_macs(graph: DataflowGraph, node) -> int | None:
+    """Output elements x the contracted dimension (batched and broadcast shapes included)."""
+    a = _shape(graph, node.input[0])
+    out = _shape(graph, node.output[0])
+    if a is None or out is None:
+        return None
+    return int(np.prod(out)) * a[-1]
+
+
+_COUNTERS = {
+    "Conv": _conv_macs,
+    "ConvTranspose": _conv_transpose_macs,
+    "Gemm": _gemm_macs,
+    "MatMul": _matmul_macs,
+}
+
+
+def op_bits(graph: DataflowGraph, op: str, candidate: Candidate) -> int:
+    """b_w * b_a of an op at `candidate`; b_a^2 for an activation x activation MatMul."""
+    node = graph.nodes[op]
+    has_weight = any(graph.is_constant(t) for t in node.input[:2])
+    if has_weight and candidate.w_bits is not None:
+        return candidate.w_bits * candidate.a_bits
+    return candidate.a_bits * candidate.a_bits
+
+
+def group_bops(graph: DataflowGraph, analysis: GroupAnalysis, macs: Mapping[str, int]) -> dict[str, dict[Candidate, int]]:
+    """BOPs of each group at each of its candidates (0 for groups without MACs)."""
+    return {
+        group.id: {c: sum(macs.get(op, 0) * op_bits(graph, op, c) for op in group.ops) for c in group.candidates}
+        for group in analysis.groups
+    }
+
+
+def reference_bops(graph: DataflowGraph, analysis: GroupAnalysis, macs: Mapping[str, int]) -> int:
+    """BOPs of the model with every quantized op at W8A16."""
+    return sum(macs.get(op, 0) * op_bits(graph, op, REFERENCE) for group in analysis.groups for op in group.ops)
+
+
+def relative_bops(plan: Plan, table: Mapping[str, Mapping[Candidate, int]], reference: int) -> float:
+    """BOPs of `plan` divided by `reference` (W8A16 everywhere)."""
+    if reference == 0:
+        return 0.0
+    return sum(table[group][candidate] for group, candidate in plan.items()) / reference

@@ -1,0 +1,177 @@
+"""A read-only dataflow index of an ONNX graph, built once with networkx.
+
+Why: passes and analyses ask "who produces this tensor", "who consumes it", "is it a
+constant", "what is its dtype/shape" many times; scanning `graph.node` for each question
+is quadratic (qonnx's find_producer). The index is built once per model and never edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# ONNX attribute keys and op types used across onnxmp live here only.
+ATTR_GROUP = "group"
+ATTR_TRANS_A = "transA"
+ATTR_TRANS_B = "transB"
+ATTR_AXIS = "axis"
+ATTR_EPSILON = "epsilon"
+ATTR_MODE = "mode"
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+
+
+@dataclass(frozen=True)
+class DataflowGraph:
+    """Index of one model: nodes by name, producers, consumers, constants, dtypes, shapes.
+
+    `digraph` has one vertex per node name and an edge producer -> consumer for every
+    tensor passed between them (edge attribute `tensors`).
+    """
+
+    digraph: nx.DiGraph
+    nodes: Mapping[str, onnx.NodeProto]
+    order: tuple[str, ...]  # node names in topological (graph) order
+    producer_of: Mapping[str, str]
+    consumers_of: Mapping[str, tuple[str, ...]]
+    constants: Mapping[str, onnx.TensorProto]
+    graph_inputs: tuple[str, ...]
+    graph_outputs: tuple[str, ...]
+    elem_types: Mapping[str, int]
+    shapes: Mapping[str, tuple[int | str | None, ...]]
+    positions: Mapping[str, int]
+
+    def producer(self, tensor: str) -> onnx.NodeProto | None:
+        name = self.producer_of.get(tensor)
+        return None if name is None else self.nodes[name]
+
+    def consumers(self, tensor: str) -> tuple[onnx.NodeProto, ...]:
+        return tuple(self.nodes[n] for n in self.consumers_of.get(tensor, ()))
+
+    def op_type(self, node_name: str) -> str:
+        return self.nodes[node_name].op_type
+
+    def is_constant(self, tensor: str) -> bool:
+        return tensor in self.constants
+
+    def constant(self, tensor: str) -> np.ndarray:
+        return numpy_helper.to_array(self.constants[tensor])
+
+    def is_float(self, tensor: str) -> bool:
+        return self.elem_types.get(tensor) in FLOAT_TYPES
+
+    def index(self, node_name: str) -> int:
+        """Position of a node in graph (topological) order."""
+        return self.positions[node_name]
+
+
+def build(model: onnx.ModelProto) -> DataflowGraph:
+    """Index `model.graph` (top-level graph; subgraphs of If/Loop are not descended)."""
+    graph = model.graph
+    nodes = {node.name: node for node in graph.node}
+    if len(nodes) != len(graph.node) or "" in nodes:
+        raise ValueError("nodes need unique non-empty names; run passes.canonicalize.name_nodes")
+    producer_of: dict[str, str] = {}
+    consumers_of: dict[str, list[str]] = {}
+    for node in graph.node:
+        for out in node.output:
+            if out:
+                producer_of[out] = node.name
+        for inp in dict.fromkeys(node.input):
+            if inp:
+                consumers_of.setdefault(inp, []).append(node.name)
+    constants = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and not node.input:
+            value = _constant_value(node)
+            if value is not None:
+                constants[node.output[0]] = value
+    digraph = nx.DiGraph()
+    digraph.add_nodes_from(nodes)
+    for tensor, consumers in consumers_of.items():
+        src = producer_of.get(tensor)
+        for dst in consumers if src is not None else ():
+            digraph.add_edge(src, dst)
+            digraph.edges[src, dst].setdefault("tensors", []).append(tensor)
+    initializer_names = {init.name for init in graph.initializer}
+    elem_types, shapes = _value_infos(graph)
+    return DataflowGraph(
+        digraph=digraph,
+        nodes=MappingProxyType(nodes),
+        order=tuple(node.name for node in graph.node),
+        producer_of=MappingProxyType(producer_of),
+        consumers_of=MappingProxyType({k: tuple(v) for k, v in consumers_of.items()}),
+        constants=MappingProxyType(constants),
+        graph_inputs=tuple(i.name for i in graph.input if i.name not in initializer_names),
+        graph_outputs=tuple(o.name for o in graph.output),
+        elem_types=MappingProxyType(elem_types),
+        shapes=MappingProxyType(shapes),
+        positions=MappingProxyType({node.name: i for i, node in enumerate(graph.node)}),
+    )
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return attr.t
+    return None
+
+
+def _value_infos(graph: onnx.GraphProto) -> tuple[dict[str, int], dict[str, tuple]]:
+    elem_types: dict[str, int] = {}
+    shapes: dict[str, tuple] = {}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        tensor_type = info.type.tensor_type
+        if not info.type.HasField("tensor_type"):
+            continue
+        elem_types[info.name] = tensor_type.elem_type
+        if tensor_type.HasField("shape"):
+            shapes[info.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tensor_type.shape.dim
+            )
+    for init in graph.initializer:
+        elem_types[init.name] = init.data_type
+        shapes[init.name] = tuple(init.dims)
+    return elem_types, shapes
+
+
+def unique_name(taken: set[str], base: str) -> str:
+    """Return `base`, or `base_1`, `base_2`, ... whichever is not in `taken`; adds it to `taken`.
+
+    >>> taken = {"x", "x_q"}
+    >>> unique_name(taken, "x_q"), unique_name(taken, "y")
+    ('x_q_1', 'y')
+    """
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def all_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor and node name in the top-level graph (for `unique_name`)."""
+    graph = model.graph
+    names: set[str] = {n.name for n in graph.node}
+    names.update(t for n in graph.node for t in (*n.input, *n.output))
+    names.update(i.name for i in (*graph.input, *graph.output, *graph.initializer, *graph.value_info))
+    return names
+
+
+def get_attribute(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    """The value of attribute `name` of `node`, or `default`."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def tensor_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    return {t for n in nodes for t in (*n.input, *n.output) if t}

@@ -1,0 +1,89 @@
+"""ONNX Runtime sessions with fixed, deterministic options; runs with extra outputs.
+
+Why: every measurement in onnxmp (calibration, phase 1, evaluation) must be repeatable, so
+sessions are made in one place: CPU provider, a fixed optimization level, fixed threads.
+Simulation sessions switch off ONNX Runtime's QDQ transformers
+(`session.disable_quant_qdq`): without that, recent versions quantize a float weight that
+follows a DequantizeLinear activation on their own (WeightBiasQuantization), and the
+simulation would no longer compute exactly x_hat = s * (q - z) where the model says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxmp.errors import ModelError
+
+OPTIMIZATION_LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def session(
+    model: onnx.ModelProto | str,
+    *,
+    optimization: str = "basic",
+    threads: int | None = None,
+    optimized_model_path: str | None = None,
+    simulate: bool = True,
+) -> ort.InferenceSession:
+    """An InferenceSession on the CPU with deterministic settings.
+
+    `simulate=False` keeps ONNX Runtime's QDQ fusions (integer kernels), as a deployment
+    runtime would run the model.
+
+    Raises:
+        ModelError: ONNX Runtime cannot load the model.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if simulate:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if optimized_model_path:
+        options.optimized_model_filepath = optimized_model_path
+    payload = model if isinstance(model, str) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])  # noqa: TID251
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+        raise ModelError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
+
+
+def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs `tensors` (dtype/shape from value_info if known)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    existing = {o.name for o in result.graph.output}
+    infos = {v.name: v for v in (*result.graph.value_info, *result.graph.input)}
+    for name in tensors:
+        if name in existing:
+            continue
+        info = infos.get(name)
+        result.graph.output.append(info if info is not None else onnx.helper.make_empty_tensor_value_info(name))
+        existing.add(name)
+    return result
+
+
+def run_batches(
+    sess: ort.InferenceSession,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    outputs: Sequence[str] | None = None,
+) -> Iterable[dict[str, np.ndarray]]:
+    """Yield `{output name: array}` for each batch (lazily: memory holds one batch)."""
+    names = list(outputs) if outputs is not None else [o.name for o in sess.get_outputs()]
+    for feeds in batches:
+        yield dict(zip(names, sess.run(names, dict(feeds)), strict=True))

@@ -1,0 +1,95 @@
+"""Fold BatchNormalization into the Conv or Gemm that feeds it.
+
+Why: the device runs the folded kernel, so quantizers must see folded weights; an
+unfolded BN would sit between a Conv and its activation quantizer and distort both the
+weight ranges and the sensitivity list.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+logger = logging.getLogger(__name__)
+
+_FOLDABLE = {"Conv", "Gemm"}
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy of `model` with every foldable producer->BatchNormalization pair folded.
+
+    A pair is folded when:
+    1. the producer is Conv or Gemm (alpha = beta = 1) and its output feeds only the BN;
+    2. producer weight/bias and all BN parameters are constants;
+    3. the BN is in inference mode (one output).
+    Other BNs are kept; each is logged at DEBUG with the reason.
+    """
+    graph = gs.import_onnx(model)
+    folded = 0
+    for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
+        reason = _why_not_foldable(bn)
+        if reason is not None:
+            logger.debug("keep %s: %s", bn.name, reason)
+            continue
+        _fold(bn)
+        folded += 1
+    logger.info("fold_batchnorm: folded %d BatchNormalization nodes", folded)
+    result = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
+    result.ir_version = model.ir_version
+    del result.opset_import[:]
+    result.opset_import.extend(model.opset_import)
+    return result
+
+
+def _why_not_foldable(bn: gs.Node) -> str | None:
+    if len([o for o in bn.outputs if o.name]) != 1:
+        return "training-mode BatchNormalization (several outputs)"
+    if not all(isinstance(t, gs.Constant) for t in bn.inputs[1:]):
+        return "BN parameters are not constants"
+    if not bn.inputs[0].inputs:
+        return "BN input is a graph input"
+    producer = bn.inputs[0].inputs[0]
+    if producer.op not in _FOLDABLE:
+        return f"producer {producer.name} is {producer.op}, not Conv or Gemm"
+    if len(bn.inputs[0].outputs) != 1 or bn.inputs[0] in _graph_outputs(bn):
+        return f"output of {producer.name} has consumers besides the BN"
+    if not all(isinstance(t, gs.Constant) for t in producer.inputs[1:]):
+        return f"weights of {producer.name} are not constants"
+    if producer.op == "Gemm" and (
+        producer.attrs.get("alpha", 1.0) != 1.0 or producer.attrs.get("beta", 1.0) != 1.0
+        or producer.attrs.get("transA", 0)
+    ):
+        return f"Gemm {producer.name} has alpha/beta != 1 or transA"
+    return None
+
+
+def _graph_outputs(bn: gs.Node) -> list:
+    graph = bn.inputs[0].inputs[0]
+    return getattr(graph, "graph_outputs", [])
+
+
+def _fold(bn: gs.Node) -> None:
+    producer = bn.inputs[0].inputs[0]
+    gamma, beta, mean, var = (t.values.astype(np.float64) for t in bn.inputs[1:5])
+    factor = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+    weight = producer.inputs[1].values.astype(np.float64)
+    if producer.op == "Conv":
+        axis = 0
+    else:
+        axis = 0 if producer.attrs.get("transB", 0) else 1
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    new_weight = (weight * factor.reshape(shape)).astype(np.float32)
+    bias = producer.inputs[2].values.astype(np.float64) if len(producer.inputs) > 2 else 0.0
+    new_bias = ((bias - mean) * factor + beta).astype(np.float32)
+    producer.inputs[1] = gs.Constant(f"{producer.inputs[1].name}_bnfold", new_weight)
+    bias_const = gs.Constant(f"{producer.name}_bias_bnfold", new_bias)
+    if len(producer.inputs) > 2:
+        producer.inputs[2] = bias_const
+    else:
+        producer.inputs.append(bias_const)
+    producer.outputs = bn.outputs
+    bn.outputs = []

@@ -1,0 +1,170 @@
+"""Insert QuantizeLinear/DequantizeLinear for a plan: the simulated and the deployable model.
+
+Why: one function emits both the model phase 1 measures and the model users deploy, so
+what was measured is what ships.
+
+Rule cases:
+1. A weight becomes an integer initializer (int4 for <= 4 bits, int8 for <= 8, int16 for
+   <= 16; narrower widths use the container restricted to their range) read through a
+   DequantizeLinear (per-channel along the encoding's axis). With
+   `WeightStorage.FAKE_FLOAT` the float initializer is replaced by its dequantized values
+   instead (same numbers, no extra node: the fast path of phase 1).
+2. An activation gets one Q->DQ pair at the tensor, shared by all its consumers (uint4,
+   uint8, uint16 containers, or int for symmetric schemes). Widths that are not 4, 8 or 16
+   get a Clip to the exact range first, so 6-bit is simulated exactly.
+3. Groups missing from the plan stay float.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxmp import quant_math
+from onnxmp.graph import all_names, unique_name
+from onnxmp.records import GroupAnalysis, Plan, TensorEncoding
+
+Encodings = Mapping[tuple[str, int], TensorEncoding]
+NATIVE_BITS = (4, 8, 16)
+
+
+class WeightStorage(enum.Enum):
+    INTEGER = "integer"
+    FAKE_FLOAT = "fake_float"
+
+
+def insert_qdq(
+    model: onnx.ModelProto,
+    *,
+    analysis: GroupAnalysis,
+    plan: Plan,
+    encodings: Encodings,
+    weights: WeightStorage = WeightStorage.INTEGER,
+) -> onnx.ModelProto:
+    """Return a copy of `model` with quantizers for every group in `plan`."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    taken = all_names(result)
+    weight_nodes: list[onnx.NodeProto] = []
+    act_nodes: dict[str, list[onnx.NodeProto]] = {}
+    renamed: dict[str, str] = {}
+    initializers = {init.name: init for init in graph.initializer}
+    for group in analysis.groups:
+        candidate = plan.get(group.id)
+        if candidate is None:
+            continue
+        for weight in group.weights:
+            enc = encodings[(weight, candidate.w_bits)]
+            if weights is WeightStorage.FAKE_FLOAT:
+                initializers[weight].CopyFrom(_fake_quantized(initializers[weight], enc))
+            else:
+                nodes, new_inits, renamed[weight] = _dequantized_weight(initializers[weight], enc, taken)
+                weight_nodes.extend(nodes)
+                graph.initializer.extend(new_inits)
+        for tensor in group.activations:
+            nodes, inits, renamed[tensor] = _qdq_pair(tensor, encodings[(tensor, candidate.a_bits)], taken)
+            act_nodes[tensor] = nodes
+            graph.initializer.extend(inits)
+    _rewire(graph, renamed, weight_nodes, act_nodes)
+    used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return result
+
+
+def _rewire(graph: onnx.GraphProto, renamed: Mapping[str, str], weight_nodes: list, act_nodes: Mapping) -> None:
+    """Point consumers at the dequantized tensors and place Q/DQ right after producers."""
+    new_nodes = list(weight_nodes)
+    inserted = {id(n) for nodes in act_nodes.values() for n in nodes}
+    inserted.update(id(n) for n in weight_nodes)
+    for tensor in (i.name for i in graph.input):
+        new_nodes.extend(act_nodes.get(tensor, ()))
+    for node in graph.node:
+        new_nodes.append(node)
+        for out in node.output:
+            new_nodes.extend(act_nodes.get(out, ()))
+    for node in new_nodes:
+        if id(node) in inserted:
+            continue
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+
+
+def _weight_dtype(bits: int) -> int:
+    return TensorProto.INT4 if bits <= 4 else TensorProto.INT8 if bits <= 8 else TensorProto.INT16
+
+
+def _activation_dtype(bits: int, signed: bool) -> int:
+    if bits <= 4:
+        return TensorProto.INT4 if signed else TensorProto.UINT4
+    if bits <= 8:
+        return TensorProto.INT8 if signed else TensorProto.UINT8
+    return TensorProto.INT16 if signed else TensorProto.UINT16
+
+
+def _scale_shape(enc: TensorEncoding, rank: int) -> list[int]:
+    shape = [1] * rank
+    if enc.axis is not None:
+        shape[enc.axis] = -1
+    return shape
+
+
+def _fake_quantized(init: onnx.TensorProto, enc: TensorEncoding) -> onnx.TensorProto:
+    w = numpy_helper.to_array(init)
+    scale = np.asarray(enc.scale, np.float32).reshape(_scale_shape(enc, w.ndim))
+    values = quant_math.fake_quantize(w, scale, 0, enc.qmin, enc.qmax)
+    return numpy_helper.from_array(values.astype(w.dtype), init.name)
+
+
+def _dequantized_weight(init: onnx.TensorProto, enc: TensorEncoding, taken: set[str]):
+    w = numpy_helper.to_array(init)
+    scale = np.asarray(enc.scale, np.float32)
+    w_int = quant_math.quantize(w, scale.reshape(_scale_shape(enc, w.ndim)), 0, enc.qmin, enc.qmax)
+    dtype = _weight_dtype(enc.bits)
+    q_name = unique_name(taken, f"{init.name}_quantized")
+    s_name = unique_name(taken, f"{init.name}_scale")
+    z_name = unique_name(taken, f"{init.name}_zero_point")
+    out = unique_name(taken, f"{init.name}_dequantized")
+    zp_shape = [len(scale)] if enc.axis is not None else []
+    inits = [
+        helper.make_tensor(q_name, dtype, list(w.shape), w_int.ravel().tolist()),
+        numpy_helper.from_array(scale if enc.axis is not None else scale.reshape(()), s_name),
+        helper.make_tensor(z_name, dtype, zp_shape, [0] * (len(scale) if zp_shape else 1)),
+    ]
+    attrs = {"axis": enc.axis} if enc.axis is not None else {}
+    node = helper.make_node(
+        "DequantizeLinear", [q_name, s_name, z_name], [out], name=unique_name(taken, f"{init.name}_DequantizeLinear"), **attrs
+    )
+    return [node], inits, out
+
+
+def _qdq_pair(tensor: str, enc: TensorEncoding, taken: set[str]):
+    dtype = _activation_dtype(enc.bits, enc.signed)
+    s_name = unique_name(taken, f"{tensor}_scale")
+    z_name = unique_name(taken, f"{tensor}_zero_point")
+    inits = [
+        numpy_helper.from_array(np.asarray(enc.scale[0], np.float32), s_name),
+        helper.make_tensor(z_name, dtype, [], [enc.zero_point[0]]),
+    ]
+    nodes = []
+    source = tensor
+    if enc.bits not in NATIVE_BITS:
+        low, high = quant_math.dequantize(np.array([enc.qmin, enc.qmax]), np.float32(enc.scale[0]), enc.zero_point[0])
+        lo_name, hi_name = unique_name(taken, f"{tensor}_clip_min"), unique_name(taken, f"{tensor}_clip_max")
+        inits += [numpy_helper.from_array(np.float32(low), lo_name), numpy_helper.from_array(np.float32(high), hi_name)]
+        source = unique_name(taken, f"{tensor}_clipped")
+        nodes.append(helper.make_node("Clip", [tensor, lo_name, hi_name], [source], name=unique_name(taken, f"{tensor}_Clip")))
+    quantized = unique_name(taken, f"{tensor}_quantized")
+    out = unique_name(taken, f"{tensor}_dequantized")
+    nodes.append(helper.make_node("QuantizeLinear", [source, s_name, z_name], [quantized], name=unique_name(taken, f"{tensor}_QuantizeLinear")))
+    nodes.append(helper.make_node("DequantizeLinear", [quantized, s_name, z_name], [out], name=unique_name(taken, f"{tensor}_DequantizeLinear")))
+    return nodes, inits, out
