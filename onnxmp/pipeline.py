@@ -1,0 +1,334 @@
+"""The six steps in order: load+canonicalize, groups, calibrate, phase 1, phase 2+select, emit.
+
+Why: this is the only module that knows the order of the stages; it holds no graph logic of
+its own. Each step takes records and returns records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import onnx
+
+from onnxmp import bops, calib_data, graph, model_io, runtime
+from onnxmp.calib_data import CalibrationSet
+from onnxmp.errors import BudgetError, OnnxmpError, PassError
+from onnxmp.hw_profile import HwProfile, load_profile
+from onnxmp.passes import CANONICALIZE
+from onnxmp.passes.calibrate import calibrate
+from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.passes.quantizer_groups import quantizer_groups
+from onnxmp.passes.search import STRATEGIES, SearchMethod, select_by_bops, select_by_target
+from onnxmp.passes.sensitivity import measure, reference_outputs, sensitivity
+from onnxmp.records import (
+    Candidate,
+    GroupAnalysis,
+    ParetoCurve,
+    ParetoPoint,
+    Plan,
+    RangeMethod,
+    Selection,
+    SensitivityTable,
+    TensorEncoding,
+)
+from onnxmp.store import ResultStore, run_key
+
+logger = logging.getLogger(__name__)
+
+Evaluate = Callable[[onnx.ModelProto], float]
+STORE_NAME = "phase1.jsonl"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a run measures; part of the phase-1 store key."""
+
+    range_method: RangeMethod = RangeMethod.MSE
+    batch_size: int = 32
+    seed: int = 0
+    strategy: str = "greedy"
+    search: SearchMethod = SearchMethod.HYBRID
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Exactly one of: fixed `bits`, `target_bops`, `min_sqnr_db`, or `max_drop` (needs evaluate)."""
+
+    bits: Candidate | None = None
+    target_bops: float | None = None
+    min_sqnr_db: float | None = None
+    max_drop: float | None = None
+
+    def check(self, has_evaluate: bool) -> None:
+        chosen = [v for v in (self.bits, self.target_bops, self.min_sqnr_db, self.max_drop) if v is not None]
+        if len(chosen) != 1:
+            raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop")
+        if self.max_drop is not None and not has_evaluate:
+            raise BudgetError("--max-drop needs an evaluation: --eval-data FILE.npz or --eval module:function")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The canonical model and every analysis the search needs."""
+
+    model: onnx.ModelProto
+    graph: graph.DataflowGraph
+    analysis: GroupAnalysis
+    macs: Mapping[str, int]
+    group_bops: Mapping[str, Mapping[Candidate, int]]
+    reference_bops: int
+    profile: HwProfile
+    fingerprints: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run produced: the chosen plan and point, the curve, and the files written."""
+
+    plan: Plan
+    point: ParetoPoint
+    curve: ParetoCurve
+    selection: Selection | None
+    sensitivity: SensitivityTable | None
+    paths: Mapping[str, Path]
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+def run_passes(model: onnx.ModelProto, passes, *, verify: bool = False) -> onnx.ModelProto:
+    """Run passes in order; a failing pass becomes a PassError naming it."""
+    for run in passes:
+        before = len(model.graph.node)
+        try:
+            model = run(model)
+        except OnnxmpError:
+            raise
+        except Exception as e:  # a bug in a pass: name it, keep the cause
+            raise PassError(f"pass {run.__name__} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        if verify:
+            onnx.checker.check_model(model)
+        logger.info("%s: %d -> %d nodes", run.__name__, before, len(model.graph.node))
+    return model
+
+
+def prepare(model: onnx.ModelProto, profile: HwProfile, calib: CalibrationSet, *, verify: bool = False) -> Prepared:
+    """Canonicalize, index, derive groups, count MACs and BOPs."""
+    canonical = run_passes(model, CANONICALIZE, verify=verify)
+    index = graph.build(canonical)
+    analysis = quantizer_groups(index, profile)
+    sample_shapes = {name: arr.shape for name, arr in calib.arrays.items()}
+    macs = bops.macs_per_op(bops.concrete_graph(canonical, sample_shapes))
+    return Prepared(
+        model=canonical,
+        graph=index,
+        analysis=analysis,
+        macs=macs,
+        group_bops=bops.group_bops(index, analysis, macs),
+        reference_bops=bops.reference_bops(index, analysis, macs),
+        profile=profile,
+        fingerprints={
+            "model": model_io.fingerprint(model),
+            "profile": profile.fingerprint,
+            "calibration": calib.fingerprint(),
+        },
+    )
+
+
+def homogeneous_plan(analysis: GroupAnalysis, bits: Candidate, profile: HwProfile) -> Plan:
+    """Every group at `bits` (weightless groups at its activation width)."""
+    if bits not in profile.kernels:
+        allowed = ", ".join(str(k) for k in profile.kernels)
+        raise BudgetError(f"{bits} is not a kernel of profile {profile.name} (kernels: {allowed})")
+    choices = {}
+    for group in analysis.groups:
+        wanted = bits if group.weights else Candidate(None, bits.a_bits)
+        if wanted not in group.candidates:
+            raise BudgetError(f"group {group.id} cannot run at {bits} (allowed: {', '.join(map(str, group.candidates))})")
+        choices[group.id] = wanted
+    return Plan(choices)
+
+
+def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> ParetoPoint:
+    from onnxmp.passes.search.greedy import predicted_sqnr_db
+
+    rel = bops.relative_bops(plan, prepared.group_bops, prepared.reference_bops)
+    predicted = predicted_sqnr_db(plan, table) if table is not None else float("nan")
+    return ParetoPoint(rel, predicted, plan)
+
+
+def simulate(prepared: Prepared, plan: Plan, encodings) -> onnx.ModelProto:
+    """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights)."""
+    return insert_qdq(prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings, weights=WeightStorage.FAKE_FLOAT)
+
+
+def measured_sqnr(prepared: Prepared, plan: Plan, encodings, calib: CalibrationSet, reference, batch_size: int) -> float:
+    return measure(simulate(prepared, plan, encodings), calib, reference, batch_size=batch_size).sqnr_db
+
+
+def search_point(
+    prepared: Prepared,
+    encodings: Mapping[tuple[str, int], TensorEncoding],
+    calib: CalibrationSet,
+    budget: Budget,
+    *,
+    settings: Settings,
+    store: ResultStore,
+    evaluate: Evaluate | None,
+    progress=None,
+    require_stored: bool = False,
+) -> tuple[ParetoCurve, Selection, SensitivityTable, dict[str, float]]:
+    """Phase 1 (resumable), phase 2, and selection of the point that meets `budget`."""
+    timings = {}
+    start = time.perf_counter()
+    if require_stored:
+        missing = _missing_phase1(prepared.analysis, store)
+        if missing:
+            raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run `onnxmp quantize` first")
+    table = sensitivity(prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=settings.batch_size, progress=progress)
+    timings["phase1_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    curve = STRATEGIES[settings.strategy](table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
+    timings["phase2_s"] = time.perf_counter() - start
+    reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)
+    measured: dict[int, float] = {}
+    if budget.target_bops is not None:
+        selection = select_by_bops(curve, budget.target_bops)
+    elif budget.min_sqnr_db is not None:
+        def sqnr_at(i: int) -> float:
+            measured[i] = measured_sqnr(prepared, curve[i].plan, encodings, calib, reference, settings.batch_size)
+            return measured[i]
+        selection = select_by_target(curve, sqnr_at, budget.min_sqnr_db, method=settings.search, what="SQNR (dB)")
+    else:
+        baseline = evaluate(prepared.model)
+        scores: dict[int, float] = {}
+
+        def score_at(i: int) -> float:
+            scores[i] = evaluate(simulate(prepared, curve[i].plan, encodings))
+            return scores[i]
+
+        selection = select_by_target(curve, score_at, baseline - budget.max_drop, method=settings.search, what="accuracy")
+        curve = tuple(replace(p, accuracy=scores.get(i)) for i, p in enumerate(curve))
+        timings["float_accuracy"] = baseline
+    index = selection.index
+    if index not in measured:
+        measured[index] = measured_sqnr(prepared, curve[index].plan, encodings, calib, reference, settings.batch_size)
+    curve = tuple(replace(p, measured_sqnr_db=measured.get(i, p.measured_sqnr_db)) for i, p in enumerate(curve))
+    selection = replace(selection, point=curve[index])
+    timings["search_s"] = time.perf_counter() - start
+    return curve, selection, table, timings
+
+
+def _missing_phase1(analysis: GroupAnalysis, store: ResultStore) -> int:
+    from onnxmp.passes.sensitivity import STORE_KIND
+
+    done = {(e["group"], e["candidate"]) for e in store.entries(STORE_KIND)}
+    return sum((g.id, str(c)) not in done for g in analysis.groups for c in g.candidates)
+
+
+def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> ResultStore:
+    key = run_key(
+        **prepared.fingerprints,
+        range_method=settings.range_method.value,
+        batch_size=str(settings.batch_size),
+        runtime=runtime.ort.__version__,
+    )
+    return ResultStore(Path(output_dir) / STORE_NAME, key)
+
+
+def load_inputs(model: str | Path | onnx.ModelProto, profile: str | Path | HwProfile, calib) -> tuple[onnx.ModelProto, HwProfile, CalibrationSet]:
+    """Accept paths or loaded values for the three inputs of a run."""
+    if not isinstance(model, onnx.ModelProto):
+        model = model_io.load(model)
+    else:
+        model_io.validate(model)
+    if not isinstance(profile, HwProfile):
+        profile = load_profile(profile)
+    if isinstance(calib, CalibrationSet):
+        pass
+    elif isinstance(calib, Mapping):
+        calib = calib_data.validate(calib, calib_data.model_inputs(model), "calibration arrays")
+    else:
+        calib = calib_data.load_arrays(calib, model)
+    return model, profile, calib
+
+
+def quantize(
+    model: str | Path | onnx.ModelProto,
+    *,
+    profile: str | Path | HwProfile,
+    calib,
+    output_dir: str | Path,
+    bits: str | Candidate | None = None,
+    target_bops: float | None = None,
+    min_sqnr_db: float | None = None,
+    max_drop: float | None = None,
+    evaluate: Evaluate | None = None,
+    settings: Settings = Settings(),
+    progress=None,
+    require_stored: bool = False,
+    verify: bool = False,
+) -> Result:
+    """Quantize `model` for `profile` and write the QDQ model, plan, curve and report.
+
+    Exactly one budget: `bits` (homogeneous, e.g. "W8A8"), `target_bops` (relative to
+    W8A16 everywhere), `min_sqnr_db` (measured output SQNR on the calibration data), or
+    `max_drop` (points of `evaluate(model)` below the float model's score).
+
+    Raises:
+        OnnxmpError: bad model, profile, calibration data or budget (one-line message).
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if isinstance(bits, str):
+        bits = _parse_bits(bits)
+    budget = Budget(bits, target_bops, min_sqnr_db, max_drop)
+    budget.check(evaluate is not None)
+    model, profile, calib = load_inputs(model, profile, calib)
+    output_dir = Path(output_dir)
+    prepared = prepare(model, profile, calib, verify=verify)
+    timings["prepare_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    encodings = calibrate(
+        prepared.model, prepared.graph, prepared.analysis, calib, profile=profile,
+        method=settings.range_method, batch_size=settings.batch_size,
+    )
+    timings["calibrate_s"] = time.perf_counter() - start
+    table, selection = None, None
+    if bits is not None:
+        plan = homogeneous_plan(prepared.analysis, bits, profile)
+        reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)
+        point = replace(
+            point_of(plan, prepared, None),
+            measured_sqnr_db=measured_sqnr(prepared, plan, encodings, calib, reference, settings.batch_size),
+        )
+        curve: ParetoCurve = (point,)
+    else:
+        store = open_store(output_dir, prepared, settings)
+        curve, selection, table, search_timings = search_point(
+            prepared, encodings, calib, budget, settings=settings, store=store,
+            evaluate=evaluate, progress=progress, require_stored=require_stored,
+        )
+        timings.update(search_timings)
+        plan, point = selection.point.plan, selection.point
+    paths = emit(prepared, plan, encodings, output_dir, point=point, curve=curve, table=table, selection=selection, timings=timings)
+    return Result(plan, point, curve, selection, table, paths, timings)
+
+
+def _parse_bits(text: str) -> Candidate:
+    try:
+        return Candidate.parse(text)
+    except ValueError as e:
+        raise BudgetError(f"--bits: {e}") from e
+
+
+def emit(prepared: Prepared, plan: Plan, encodings, output_dir: Path, **facts) -> dict[str, Path]:
+    """Write the deployable QDQ model and the run's records into `output_dir`."""
+    from onnxmp import report
+
+    qdq = insert_qdq(prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings)
+    paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}
+    paths.update(report.write_all(prepared, plan, output_dir, **facts))
+    return paths

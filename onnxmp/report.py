@@ -1,0 +1,105 @@
+"""The run's records as files: plan.json, sensitivity.json, pareto.csv, report.md.
+
+Why: users read the plan and the curve to trust (or overrule) the search; scripts read the
+JSON/CSV. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from onnxmp import model_io
+from onnxmp.records import ParetoCurve, ParetoPoint, Plan, Selection, SensitivityTable
+
+
+def _number(value: float | None) -> float | str | None:
+    """JSON has no infinity: +inf dB (zero noise) is written as the string "inf"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return "inf" if value == math.inf else round(float(value), 6)
+
+
+def plan_json(prepared, plan: Plan, point: ParetoPoint) -> dict:
+    total_macs = sum(prepared.macs.values()) or 1
+    groups = []
+    for group in prepared.analysis.groups:
+        if group.id not in plan:
+            continue
+        groups.append({
+            "id": group.id,
+            "candidate": str(plan[group.id]),
+            "ops": list(group.ops),
+            "weights": list(group.weights),
+            "activations": list(group.activations),
+            "macs_share": round(sum(prepared.macs.get(op, 0) for op in group.ops) / total_macs, 6),
+        })
+    return {
+        "profile": prepared.profile.name,
+        "bops_rel": _number(point.bops_rel),
+        "predicted_sqnr_db": _number(point.predicted_sqnr_db),
+        "measured_sqnr_db": _number(point.measured_sqnr_db),
+        "accuracy": _number(point.accuracy),
+        "groups": groups,
+        "float_ops": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in prepared.analysis.skipped],
+    }
+
+
+def sensitivity_json(prepared, table: SensitivityTable) -> dict:
+    return {
+        group.id: {str(c): _number(table.of(group.id, c)) for c in group.candidates}
+        for group in prepared.analysis.groups
+    }
+
+
+def pareto_csv(curve: ParetoCurve) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "bops_rel", "predicted_sqnr_db", "measured_sqnr_db", "accuracy", "moved_group", "to"])
+    previous = None
+    for i, point in enumerate(curve):
+        moved = [g for g in point.plan if previous is not None and previous[g] != point.plan[g]]
+        writer.writerow([
+            i, f"{point.bops_rel:.6f}", _csv(point.predicted_sqnr_db), _csv(point.measured_sqnr_db),
+            _csv(point.accuracy), moved[0] if moved else "", str(point.plan[moved[0]]) if moved else "",
+        ])
+        previous = point.plan
+    return buffer.getvalue()
+
+
+def _csv(value: float | None) -> str:
+    number = _number(value)
+    return "" if number is None else str(number)
+
+
+def report_md(prepared, plan: Plan, point: ParetoPoint, selection: Selection | None, timings: Mapping[str, float]) -> str:
+    lines = [
+        "# onnxmp report", "",
+        f"- profile: {prepared.profile.name}",
+        f"- groups: {len(prepared.analysis.groups)}, ops left in float: {len(prepared.analysis.skipped)}",
+        f"- relative BOPs: {point.bops_rel:.4f}",
+        f"- predicted SQNR: {_csv(point.predicted_sqnr_db)} dB, measured: {_csv(point.measured_sqnr_db)} dB",
+    ]
+    if selection is not None:
+        lines.append(f"- selection: {selection.method}, curve index {selection.index}, {selection.evaluations} evaluations")
+    lines += [f"- {name}: {value:.3f}" for name, value in timings.items()]
+    lines += [f"- fingerprint {k}: {v[:16]}" for k, v in prepared.fingerprints.items()]
+    lines += ["", "| group | candidate | ops |", "| --- | --- | --- |"]
+    lines += [f"| {g} | {c} | {len(prepared.analysis.group(g).ops)} |" for g, c in plan.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_all(prepared, plan: Plan, output_dir: Path, *, point, curve, table, selection, timings) -> dict[str, Path]:
+    paths = {
+        "plan": model_io.write_text(json.dumps(plan_json(prepared, plan, point), indent=2) + "\n", output_dir / "plan.json"),
+        "pareto": model_io.write_text(pareto_csv(curve), output_dir / "pareto.csv"),
+        "report": model_io.write_text(report_md(prepared, plan, point, selection, timings), output_dir / "report.md"),
+    }
+    if table is not None:
+        text = json.dumps(sensitivity_json(prepared, table), indent=2) + "\n"
+        paths["sensitivity"] = model_io.write_text(text, output_dir / "sensitivity.json")
+    return paths
