@@ -26,8 +26,10 @@ import onnx
 from onnxmp import quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.records import Candidate, GroupAnalysis, Plan, SensitivityTable, TensorEncoding
-from onnxmp.store import ResultStore
+from onnxmp.graph import build
+from onnxmp.passes.extract_subgraph import affected_nodes, frontier, producing_nodes, subgraph
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -54,28 +56,18 @@ class OutputNoise:
         return math.inf if ratio == 0 else -10 * math.log10(ratio)
 
 
-def reference_outputs(model: onnx.ModelProto, calib: CalibrationSet, *, batch_size: int) -> list[list[np.ndarray]]:
-    """Float outputs per batch (outputs only: their size does not grow with the graph)."""
+def reference_outputs(model: onnx.ModelProto, calib: CalibrationSet, *, batch_size: int) -> dict[str, np.ndarray]:
+    """Float outputs over all samples, by output name (outputs only, never intermediates)."""
     sess = runtime.session(model)
-    return [list(out.values()) for out in runtime.run_batches(sess, calib.batches(batch_size))]
+    batches = list(runtime.run_batches(sess, calib.batches(batch_size)))
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
 
 
 def measure(
-    model: onnx.ModelProto, calib: CalibrationSet, reference: Sequence[Sequence[np.ndarray]], *, batch_size: int
+    model: onnx.ModelProto, calib: CalibrationSet, reference: Mapping[str, np.ndarray], *, batch_size: int
 ) -> OutputNoise:
-    """Signal and noise of `model`'s outputs against the float `reference`, batch by batch."""
-    sess = runtime.session(model)
-    signal: list[float] = []
-    noise: list[float] = []
-    for outputs, expected in zip(runtime.run_batches(sess, calib.batches(batch_size)), reference, strict=True):
-        for k, (got, want) in enumerate(zip(outputs.values(), expected, strict=True)):
-            s, n = quant_math.signal_and_noise(want, got)
-            if k == len(signal):
-                signal.append(0.0)
-                noise.append(0.0)
-            signal[k] += s
-            noise[k] += n
-    return OutputNoise(tuple(signal), tuple(noise))
+    """Signal and noise of the whole `model`'s outputs against the float `reference`."""
+    return _measure_suffix(model, dict(calib.arrays), reference, batch_size=batch_size)
 
 
 def sensitivity(
@@ -88,29 +80,109 @@ def sensitivity(
     batch_size: int = 32,
     progress: Progress | None = None,
 ) -> SensitivityTable:
-    """SQNR (dB) of every (group, candidate); finished entries are read back from `store`."""
+    """SQNR (dB) of every (group, candidate); finished entries are read back from `store`.
+
+    Groups are visited in network order; each is measured on its suffix only, fed with
+    float frontier values that `FrontierCache` carries forward from group to group.
+    """
     done = {(e["group"], Candidate.parse(e["candidate"])): e for e in store.entries(STORE_KIND)}
     tasks = [(g.id, c) for g in analysis.groups for c in g.candidates]
-    todo = [t for t in tasks if t not in done]
-    logger.info("phase 1: %d evaluations, %d already in %s", len(tasks), len(tasks) - len(todo), store.path)
-    reference = reference_outputs(model, calib, batch_size=batch_size) if todo else []
-    for k, (group_id, candidate) in enumerate(todo):
-        if progress is not None:
-            progress(len(tasks) - len(todo) + k, len(tasks), f"{group_id} @ {candidate}")
-        start = time.perf_counter()
-        quantized = insert_qdq(
-            model, analysis=analysis, plan=Plan({group_id: candidate}), encodings=encodings,
-            weights=WeightStorage.FAKE_FLOAT,
-        )
-        result = measure(quantized, calib, reference, batch_size=batch_size)
-        entry = {
-            "group": group_id, "candidate": str(candidate), "signal": list(result.signal),
-            "noise": list(result.noise), "seconds": round(time.perf_counter() - start, 3),
-        }
-        store.append(STORE_KIND, entry)
-        done[(group_id, candidate)] = entry
+    remaining = sum(t not in done for t in tasks)
+    logger.info("phase 1: %d evaluations, %d already in %s", len(tasks), len(tasks) - remaining, store.path)
+    if remaining:
+        index = build(model)
+        reference = reference_outputs(model, calib, batch_size=batch_size)
+        cache = FrontierCache(model, index, calib, batch_size=batch_size)
+        cuts = [(g, affected_nodes(index, g)) for g in analysis.groups]
+        cuts.sort(key=lambda item: min((index.index(n) for n in item[1]), default=0))
+        cache.plan([frontier(index, nodes) for _, nodes in cuts])
+        for step, (group, nodes) in enumerate(cuts):
+            pending = [c for c in group.candidates if (group.id, c) not in done]
+            if not pending:
+                continue
+            inputs = frontier(index, nodes)
+            values = cache.values(step, inputs)
+            outputs = [o for o in index.graph_outputs if index.producer_of.get(o) in nodes]
+            suffix = subgraph(model, index, nodes, inputs, outputs)
+            for candidate in pending:
+                if progress is not None:
+                    progress(sum(t in done for t in tasks), len(tasks), f"{group.id} @ {candidate}")
+                start = time.perf_counter()
+                quantized = insert_qdq(
+                    suffix, analysis=analysis, plan=Plan({group.id: candidate}), encodings=encodings,
+                    weights=WeightStorage.FAKE_FLOAT,
+                )
+                result = _measure_suffix(quantized, values, reference, batch_size=batch_size)
+                entry = {
+                    "group": group.id, "candidate": str(candidate), "signal": list(result.signal),
+                    "noise": list(result.noise), "seconds": round(time.perf_counter() - start, 3),
+                }
+                store.append(STORE_KIND, entry)
+                done[(group.id, candidate)] = entry
     if progress is not None:
         progress(len(tasks), len(tasks), "done")
     return SensitivityTable(
         {t: OutputNoise(tuple(done[t]["signal"]), tuple(done[t]["noise"])).sqnr_db for t in tasks}
     )
+
+
+def _measure_suffix(
+    model: onnx.ModelProto, values: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *, batch_size: int
+) -> OutputNoise:
+    """Noise of the suffix outputs against the float reference; untouched outputs add signal only."""
+    signal = {name: 0.0 for name in reference}
+    noise = {name: 0.0 for name in reference}
+    count = len(next(iter(reference.values())))
+    batches = ({k: v[i : i + batch_size] for k, v in values.items()} for i in range(0, count, batch_size))
+    sess = runtime.session(model)
+    for start, outputs in zip(range(0, count, batch_size), runtime.run_batches(sess, batches), strict=True):
+        for name, got in outputs.items():
+            noise[name] += quant_math.signal_and_noise(reference[name][start : start + batch_size], got)[1]
+    for name, want in reference.items():
+        signal[name] = quant_math.signal_and_noise(want, want)[0]
+    return OutputNoise(tuple(signal.values()), tuple(noise.values()))
+
+
+class FrontierCache:
+    """Float values (all samples) of the tensors the next groups' suffixes read.
+
+    Tensors are computed on demand by running only the float nodes between what is cached
+    and what is asked for, and dropped once no later group reads them, so the float network
+    is run about once in all and memory holds one frontier, not every activation.
+    """
+
+    def __init__(self, model: onnx.ModelProto, index, calib: CalibrationSet, *, batch_size: int) -> None:
+        self._model, self._index, self._batch_size = model, index, batch_size
+        self._values: dict[str, np.ndarray] = dict(calib.arrays)
+        self._keep_after: list[set[str]] = []
+
+    def plan(self, frontiers: Sequence[Sequence[str]]) -> None:
+        """Record every step's frontier so tensors no later step reads can be dropped."""
+        later: set[str] = set(self._index.graph_inputs)
+        self._keep_after = [set() for _ in frontiers]
+        for step in range(len(frontiers) - 1, -1, -1):
+            self._keep_after[step] = set(later)
+            later |= set(frontiers[step])
+
+    def values(self, step: int, tensors: Sequence[str]) -> dict[str, np.ndarray]:
+        missing = [t for t in tensors if t not in self._values]
+        if missing:
+            self._compute(missing)
+        result = {t: self._values[t] for t in tensors}
+        for name in list(self._values):
+            if name not in self._keep_after[step]:
+                del self._values[name]
+        return result
+
+    def _compute(self, wanted: Sequence[str]) -> None:
+        nodes = producing_nodes(self._index, wanted, set(self._values))
+        inputs = frontier(self._index, nodes)
+        segment = subgraph(self._model, self._index, nodes, inputs, wanted)
+        sess = runtime.session(segment)
+        count = len(next(iter(self._values.values())))
+        parts: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
+        for start in range(0, count, self._batch_size):
+            feeds = {t: self._values[t][start : start + self._batch_size] for t in inputs}
+            for name, value in zip(wanted, sess.run(list(wanted), feeds), strict=True):
+                parts[name].append(value)
+        self._values.update({name: np.concatenate(chunks) for name, chunks in parts.items()})

@@ -1,0 +1,132 @@
+"""model_io: one-line ModelErrors for bad files, a read-only input, atomic saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnxmp import model_io
+from onnxmp.errors import ModelError
+from tests import builders
+
+
+def _saved(tmp_path: Path, model: onnx.ModelProto, name: str = "model.onnx") -> Path:
+    path = tmp_path / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(ModelError) as info:
+        model_io.load(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_load_returns_the_model_and_leaves_the_file_alone(tmp_path, conv_relu):
+    path = _saved(tmp_path, conv_relu)
+    before = path.read_bytes()
+    model = model_io.load(path)
+    assert model == conv_relu
+    model.graph.node[0].name = "renamed"
+    del model.graph.initializer[:]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_corrupt_bytes(tmp_path):
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(b"\x00\xffthis is not protobuf" * 8)
+    assert _load_error(path) == f"{path}: not a readable ONNX model (corrupt or truncated file)"
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.33, 0.5, 0.9, 0.99])
+def test_truncated_file(tmp_path, conv_relu, fraction):
+    data = conv_relu.SerializeToString()
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    assert _load_error(path).startswith(f"{path}: ")
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "absent.onnx"
+    assert _load_error(path) == f"{path}: file not found ({path})"
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    assert _load_error(path) == f"{path}: not an ONNX model (no graph nodes)"
+
+
+def test_unknown_op(tmp_path, conv_relu):
+    conv_relu.graph.node[1].op_type = "Frobnicate"
+    path = _saved(tmp_path, conv_relu)
+    assert _load_error(path) == f"{path}: node 'relu': unknown op 'Frobnicate'"
+
+
+def test_unknown_op_in_custom_domain(tmp_path, conv_relu):
+    conv_relu.graph.node[1].op_type = "Frobnicate"
+    conv_relu.graph.node[1].domain = "example.ops"
+    path = _saved(tmp_path, conv_relu)
+    assert (
+        _load_error(path) == f"{path}: node 'relu': unknown op 'Frobnicate' in domain 'example.ops'"
+    )
+
+
+def test_model_the_checker_rejects(tmp_path, conv_relu):
+    conv_relu.graph.node[1].input[0] = "ghost"  # consumes a tensor nothing defines
+    path = _saved(tmp_path, conv_relu)
+    message = _load_error(path)
+    assert message.startswith(f"{path}: invalid ONNX model: ")
+    assert "ghost" in message
+
+
+def test_validate_in_memory(conv_relu):
+    model_io.validate(conv_relu)
+    conv_relu.graph.node[0].op_type = "Konv"
+    with pytest.raises(ModelError) as info:
+        model_io.validate(conv_relu)
+    assert str(info.value) == "model: node 'conv': unknown op 'Konv'"
+
+
+def test_fingerprint(conv_relu):
+    first = model_io.fingerprint(conv_relu)
+    assert len(first) == 64
+    assert int(first, 16) >= 0
+    assert model_io.fingerprint(builders.conv_relu()) == first
+    assert model_io.fingerprint(builders.conv_relu(seed=1)) != first
+
+
+def test_save_round_trip_leaves_no_temporary_files(tmp_path, conv_relu):
+    path = model_io.save(conv_relu, tmp_path / "out" / "model.onnx")
+    assert path == tmp_path / "out" / "model.onnx"
+    assert onnx.load(str(path)) == conv_relu
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.onnx"]
+
+
+def test_save_replaces_an_existing_file(tmp_path, conv_relu):
+    path = _saved(tmp_path, builders.depthwise())
+    model_io.save(conv_relu, path)
+    assert onnx.load(str(path)) == conv_relu
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_failed_save_keeps_the_old_file_and_no_temporary(tmp_path, conv_relu):
+    path = _saved(tmp_path, conv_relu)
+    before = path.read_bytes()
+    with pytest.raises(AttributeError):
+        model_io.save("not a model", path)  # type: ignore[arg-type]
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_write_text_is_atomic(tmp_path):
+    path = model_io.write_text("line 1\nline 2\n", tmp_path / "report" / "r.txt")
+    assert path.read_text() == "line 1\nline 2\n"
+    model_io.write_text("new\n", path)
+    assert path.read_text() == "new\n"
+    assert [p.name for p in path.parent.iterdir()] == ["r.txt"]
