@@ -26,7 +26,12 @@ from onnxmp.records import RangeMethod  # noqa: E402
 
 
 def ort_quantize_static(model_path: Path, calib: np.ndarray, weight_type, out: Path) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -6,7 +6,14 @@ profile; the record types describe plans, groups, candidates and curves.
 
 from __future__ import annotations
 
-from onnxmp.errors import BudgetError, CalibrationError, ModelError, OnnxmpError, PassError, ProfileError
+from onnxmp.errors import (
+    BudgetError,
+    CalibrationError,
+    ModelError,
+    OnnxmpError,
+    PassError,
+    ProfileError,
+)
 from onnxmp.hw_profile import HwProfile, load_profile
 from onnxmp.records import (
     Candidate,

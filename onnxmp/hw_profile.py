@@ -95,16 +95,16 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
     if both:
         raise ProfileError(f"{where}: ops.passthrough: {both[0]!r} is also listed as quantized")
     op_kernels = {}
-    for op_type, kernel_list in (raw.get("op_kernels") or {}).items():
+    for op_type, kernel_list in _mapping(raw, "op_kernels", where).items():
         key = f"op_kernels.{op_type}"
         parsed = _parse_kernels(kernel_list, where, key)
         missing = [str(k) for k in parsed if k not in kernels]
         if missing:
             raise ProfileError(f"{where}: {key}: {missing[0]} is not one of the profile's kernels")
         op_kernels[op_type] = parsed
-    schemes = raw.get("schemes") or {}
-    weights = schemes.get("weights") or {}
-    activations = schemes.get("activations") or {}
+    schemes = _mapping(raw, "schemes", where)
+    weights = _mapping(schemes, "weights", where, "schemes.")
+    activations = _mapping(schemes, "activations", where, "schemes.")
     return HwProfile(
         name=str(raw.get("name") or Path(where).stem),
         kernels=kernels,
@@ -119,6 +119,13 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,
     )
+
+
+def _mapping(raw: Mapping, key: str, where: str, prefix: str = "") -> Mapping:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ProfileError(f"{where}: {prefix}{key}: expected a mapping, got {type(value).__name__}")
+    return value
 
 
 def _require(raw: Mapping, key: str, where: str) -> object:

@@ -25,7 +25,7 @@ from onnxmp import quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import ATTR_GROUP, ATTR_TRANS_B, DataflowGraph, get_attribute
 from onnxmp.hw_profile import HwProfile
-from onnxmp.records import GroupAnalysis, Granularity, RangeMethod, TensorEncoding
+from onnxmp.records import Granularity, GroupAnalysis, RangeMethod, TensorEncoding
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ def activation_histograms(
     if not tensors:
         return {}
     sess = runtime.session(runtime.with_outputs(model, tensors))
-    low = {t: np.inf for t in tensors}
-    high = {t: -np.inf for t in tensors}
+    low = dict.fromkeys(tensors, np.inf)
+    high = dict.fromkeys(tensors, -np.inf)
     for outputs in runtime.run_batches(sess, calib.batches(batch_size), tensors):
         for t, value in outputs.items():
             low[t] = min(low[t], float(value.min()))

@@ -73,7 +73,9 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     through onnx-graphsurgeon) and replaced by its value; Shape of a tensor with a known
     static shape folds too; nodes left without consumers are removed.
     """
-    graph = gs.import_onnx(model)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # graphsurgeon writes names into the Constant nodes it imports
+    graph = gs.import_onnx(copy)
     before = len(graph.nodes)
     graph.fold_constants(fold_shapes=True, error_ok=False).cleanup().toposort()
     result = gs.export_onnx(graph, do_type_check=False)

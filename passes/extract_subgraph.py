@@ -30,7 +30,25 @@ def affected_nodes(graph: DataflowGraph, group: QuantizerGroup) -> set[str]:
     affected = set(start)
     for node in start:
         affected |= nx.descendants(graph.digraph, node)
-    return affected
+    return with_shape_producers(graph, affected)
+
+
+def with_shape_producers(graph: DataflowGraph, nodes: set[str]) -> set[str]:
+    """`nodes` plus the producers of the non-float tensors they read (shape arithmetic).
+
+    Shape tensors depend on the batch size, so they are recomputed inside each run rather
+    than cached across samples; only float activations cross a cut.
+    """
+    nodes = set(nodes)
+    while True:
+        extra = {
+            graph.producer_of[t]
+            for t in frontier(graph, nodes)
+            if not graph.is_float(t) and t in graph.producer_of
+        }
+        if not extra - nodes:
+            return nodes
+        nodes |= extra
 
 
 def frontier(graph: DataflowGraph, nodes: set[str]) -> tuple[str, ...]:
@@ -56,7 +74,7 @@ def producing_nodes(graph: DataflowGraph, wanted: Iterable[str], available: set[
         stack.extend(
             t for t in graph.nodes[producer].input if t and t not in available and not graph.is_constant(t)
         )
-    return nodes
+    return with_shape_producers(graph, nodes)
 
 
 def subgraph(

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxmp.graph import all_names, unique_name
+
 logger = logging.getLogger(__name__)
 
 _FOLDABLE = {"Conv", "Gemm"}
@@ -27,14 +29,17 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     3. the BN is in inference mode (one output).
     Other BNs are kept; each is logged at DEBUG with the reason.
     """
-    graph = gs.import_onnx(model)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = gs.import_onnx(copy)
+    taken = all_names(model)
     folded = 0
     for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
-        reason = _why_not_foldable(bn)
+        reason = _why_not_foldable(bn, graph)
         if reason is not None:
             logger.debug("keep %s: %s", bn.name, reason)
             continue
-        _fold(bn)
+        _fold(bn, taken)
         folded += 1
     logger.info("fold_batchnorm: folded %d BatchNormalization nodes", folded)
     result = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
@@ -44,7 +49,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
-def _why_not_foldable(bn: gs.Node) -> str | None:
+def _why_not_foldable(bn: gs.Node, graph: gs.Graph) -> str | None:
     if len([o for o in bn.outputs if o.name]) != 1:
         return "training-mode BatchNormalization (several outputs)"
     if not all(isinstance(t, gs.Constant) for t in bn.inputs[1:]):
@@ -54,7 +59,7 @@ def _why_not_foldable(bn: gs.Node) -> str | None:
     producer = bn.inputs[0].inputs[0]
     if producer.op not in _FOLDABLE:
         return f"producer {producer.name} is {producer.op}, not Conv or Gemm"
-    if len(bn.inputs[0].outputs) != 1 or bn.inputs[0] in _graph_outputs(bn):
+    if len(bn.inputs[0].outputs) != 1 or any(t.name == bn.inputs[0].name for t in graph.outputs):
         return f"output of {producer.name} has consumers besides the BN"
     if not all(isinstance(t, gs.Constant) for t in producer.inputs[1:]):
         return f"weights of {producer.name} are not constants"
@@ -66,27 +71,20 @@ def _why_not_foldable(bn: gs.Node) -> str | None:
     return None
 
 
-def _graph_outputs(bn: gs.Node) -> list:
-    graph = bn.inputs[0].inputs[0]
-    return getattr(graph, "graph_outputs", [])
-
-
-def _fold(bn: gs.Node) -> None:
+def _fold(bn: gs.Node, taken: set[str]) -> None:
     producer = bn.inputs[0].inputs[0]
     gamma, beta, mean, var = (t.values.astype(np.float64) for t in bn.inputs[1:5])
     factor = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
     weight = producer.inputs[1].values.astype(np.float64)
-    if producer.op == "Conv":
-        axis = 0
-    else:
-        axis = 0 if producer.attrs.get("transB", 0) else 1
+    # output channels: Conv weight axis 0; Gemm B axis 0 when transposed, else 1
+    axis = 1 if producer.op == "Gemm" and not producer.attrs.get("transB", 0) else 0
     shape = [1] * weight.ndim
     shape[axis] = -1
     new_weight = (weight * factor.reshape(shape)).astype(np.float32)
     bias = producer.inputs[2].values.astype(np.float64) if len(producer.inputs) > 2 else 0.0
     new_bias = ((bias - mean) * factor + beta).astype(np.float32)
-    producer.inputs[1] = gs.Constant(f"{producer.inputs[1].name}_bnfold", new_weight)
-    bias_const = gs.Constant(f"{producer.name}_bias_bnfold", new_bias)
+    producer.inputs[1] = gs.Constant(unique_name(taken, f"{producer.inputs[1].name}_bnfold"), new_weight)
+    bias_const = gs.Constant(unique_name(taken, f"{producer.name}_bias_bnfold"), new_bias)
     if len(producer.inputs) > 2:
         producer.inputs[2] = bias_const
     else:

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnxmp.passes.extract_subgraph import affected_nodes, frontier, producing_nodes, subgraph
+from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 
 from onnxmp import quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.records import Candidate, GroupAnalysis, Plan, SensitivityTable, TensorEncoding
 from onnxmp.graph import build
-from onnxmp.passes.extract_subgraph import affected_nodes, frontier, producing_nodes, subgraph
-from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.records import Candidate, GroupAnalysis, Plan, SensitivityTable, TensorEncoding
 from onnxmp.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -130,8 +130,8 @@ def _measure_suffix(
     model: onnx.ModelProto, values: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *, batch_size: int
 ) -> OutputNoise:
     """Noise of the suffix outputs against the float reference; untouched outputs add signal only."""
-    signal = {name: 0.0 for name in reference}
-    noise = {name: 0.0 for name in reference}
+    signal = dict.fromkeys(reference, 0.0)
+    noise = dict.fromkeys(reference, 0.0)
     count = len(next(iter(reference.values())))
     batches = ({k: v[i : i + batch_size] for k, v in values.items()} for i in range(0, count, batch_size))
     sess = runtime.session(model)
@@ -154,25 +154,24 @@ class FrontierCache:
     def __init__(self, model: onnx.ModelProto, index, calib: CalibrationSet, *, batch_size: int) -> None:
         self._model, self._index, self._batch_size = model, index, batch_size
         self._values: dict[str, np.ndarray] = dict(calib.arrays)
-        self._keep_after: list[set[str]] = []
+        self._keep: list[set[str]] = []
 
     def plan(self, frontiers: Sequence[Sequence[str]]) -> None:
         """Record every step's frontier so tensors no later step reads can be dropped."""
         later: set[str] = set(self._index.graph_inputs)
-        self._keep_after = [set() for _ in frontiers]
+        self._keep = [set() for _ in frontiers]
         for step in range(len(frontiers) - 1, -1, -1):
-            self._keep_after[step] = set(later)
             later |= set(frontiers[step])
+            self._keep[step] = set(later)
 
     def values(self, step: int, tensors: Sequence[str]) -> dict[str, np.ndarray]:
         missing = [t for t in tensors if t not in self._values]
         if missing:
             self._compute(missing)
-        result = {t: self._values[t] for t in tensors}
-        for name in list(self._values):
-            if name not in self._keep_after[step]:
+        for name in list(self._values):  # after computing: the last frontier is the cheapest source
+            if name not in self._keep[step]:
                 del self._values[name]
-        return result
+        return {t: self._values[t] for t in tensors}
 
     def _compute(self, wanted: Sequence[str]) -> None:
         nodes = producing_nodes(self._index, wanted, set(self._values))

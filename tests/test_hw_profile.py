@@ -164,11 +164,6 @@ def test_unknown_builtin_name():
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: a 'schemes' or 'op_kernels' section of the wrong YAML type raises AttributeError "
-    "(.get/.items on a list or str) instead of a ProfileError naming file and key",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("section", "key"),
     [

@@ -20,7 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from onnxmp.records import Candidate, ParetoCurve, ParetoPoint, Plan, QuantizerGroup, SensitivityTable
+from onnxmp.records import (
+    Candidate,
+    ParetoCurve,
+    ParetoPoint,
+    Plan,
+    QuantizerGroup,
+    SensitivityTable,
+)
 
 
 def noise_ratio(sqnr_db: float) -> float:

@@ -13,9 +13,8 @@ from onnxmp.calib_data import CalibrationSet
 from onnxmp.records import Granularity, RangeMethod
 from tests import builders, oracles
 
-CALIBRATABLE = [
-    name for name in builders.BUILDERS if name != "float_fallbacks"
-]  # wd has no batch dim
+# float_fallbacks reads a weight as a graph input without a batch dim: it cannot be calibrated
+CALIBRATABLE = [name for name in builders.BUILDERS if name != "float_fallbacks"]
 
 
 def _calibrate(model, profile="npu", *, method=RangeMethod.MSE, batch_size=16, samples=14):

@@ -10,22 +10,14 @@ from onnxmp.passes.canonicalize import TARGET_OPSET
 from onnxmp import graph as graph_index
 from tests import builders, oracles
 
-_MUTATES_INPUT = pytest.mark.xfail(
-    reason="BUG: fold_constants calls gs.import_onnx on the caller's proto and writes tensor names "
-    "into the value attribute of its Constant nodes, so the input model changes",
-    strict=True,
-)
-_MUTATING = {("fold_constants", "constant_weight_conv"), ("fold_constants", "pad_shape_chain")}
 
-
-def _cases(known_bugs=frozenset()):
+def _cases():
     for run in CANONICALIZE:
         for name in builders.BUILDERS:
-            marks = [_MUTATES_INPUT] if (run.__name__, name) in known_bugs else []
-            yield pytest.param(run, name, id=f"{run.__name__}-{name}", marks=marks)
+            yield pytest.param(run, name, id=f"{run.__name__}-{name}")
 
 
-@pytest.mark.parametrize(("run", "name"), _cases(_MUTATING))
+@pytest.mark.parametrize(("run", "name"), _cases())
 def test_input_is_not_mutated(run, name):
     model = builders.BUILDERS[name]()
     before = model.SerializeToString(deterministic=True)

@@ -82,11 +82,6 @@ def test_input_is_not_mutated(conv_bn):
     assert conv_bn.SerializeToString() == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: _graph_outputs() reads graph_outputs from the producer node, not the graph, so a "
-    "BN whose input is also a graph output is folded and that output loses its producer",
-    strict=True,
-)
 def test_bn_whose_input_is_a_graph_output_is_kept():
     model = builders.conv_bn_output()
     result = fold_batchnorm(model)
@@ -94,11 +89,6 @@ def test_bn_whose_input_is_a_graph_output_is_kept():
     oracles.assert_same_outputs(model, result, builders.feeds_for(model), atol=1e-5)
 
 
-@pytest.mark.xfail(
-    reason="BUG: two Conv+BN pairs sharing one weight both name their folded weight '<w>_bnfold' "
-    "(no unique_name), so one conv runs with the other's folded weight",
-    strict=True,
-)
 def test_two_bns_on_a_shared_weight_fold_separately():
     model = builders.shared_weight_conv_bn()
     result = fold_batchnorm(model)
