@@ -164,7 +164,7 @@ def _run_options(command):
         click.option("--eval", "eval_fn", help="module:function scoring an onnx.ModelProto (--max-drop)."),
         click.option("--range-method", type=click.Choice([m.value for m in RangeMethod]), default="mse", show_default=True),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
     ]):
         command = option(command)
     return common_options(command)

@@ -31,5 +31,9 @@ class PassError(OnnxmpError):
     """A graph pass failed; the message names the pass."""
 
 
+class EncodingsError(OnnxmpError):
+    """An encodings file that does not parse or does not fit the model."""
+
+
 class StoreError(OnnxmpError):
     """A results store that cannot be read or written."""

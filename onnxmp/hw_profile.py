@@ -35,6 +35,7 @@ class HwProfile:
     weight_granularity: Granularity = Granularity.PER_CHANNEL
     weight_symmetric: bool = True
     activation_symmetric: bool = False
+    quantize_bias: bool = False
     description: str = ""
     fingerprint: str = ""
 
@@ -115,6 +116,9 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         weight_symmetric=_bool(weights, "symmetric", True, f"{where}: schemes.weights.symmetric"),
         activation_symmetric=_bool(
             activations, "symmetric", False, f"{where}: schemes.activations.symmetric"
+        ),
+        quantize_bias=_bool(
+            _mapping(schemes, "bias", where, "schemes."), "quantize", False, f"{where}: schemes.bias.quantize"
         ),
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,

@@ -15,12 +15,19 @@ from pathlib import Path
 import onnx
 
 from onnxmp import bops, calib_data, graph, model_io, runtime
+from onnxmp import encodings as encodings_format
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.errors import BudgetError, OnnxmpError, PassError
+from onnxmp.errors import BudgetError, EncodingsError, OnnxmpError, PassError
 from onnxmp.hw_profile import HwProfile, load_profile
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.passes.insert_qdq import (
+    Quantizers,
+    WeightStorage,
+    insert_qdq,
+    insert_quantizers,
+    quantizers_for,
+)
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.passes.search import STRATEGIES, SearchMethod, select_by_bops, select_by_target
 from onnxmp.passes.sensitivity import measure, reference_outputs, sensitivity
@@ -48,7 +55,7 @@ class Settings:
     """How a run measures; part of the phase-1 store key."""
 
     range_method: RangeMethod = RangeMethod.MSE
-    batch_size: int = 32
+    batch_size: int = 64
     seed: int = 0
     strategy: str = "greedy"
     search: SearchMethod = SearchMethod.HYBRID
@@ -75,6 +82,7 @@ class Budget:
 class Prepared:
     """The canonical model and every analysis the search needs."""
 
+    original: onnx.ModelProto
     model: onnx.ModelProto
     graph: graph.DataflowGraph
     analysis: GroupAnalysis
@@ -122,6 +130,7 @@ def prepare(model: onnx.ModelProto, profile: HwProfile, calib: CalibrationSet, *
     sample_shapes = {name: arr.shape for name, arr in calib.arrays.items()}
     macs = bops.macs_per_op(bops.concrete_graph(canonical, sample_shapes))
     return Prepared(
+        original=model,
         model=canonical,
         graph=index,
         analysis=analysis,
@@ -161,7 +170,10 @@ def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> 
 
 def simulate(prepared: Prepared, plan: Plan, encodings) -> onnx.ModelProto:
     """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights)."""
-    return insert_qdq(prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings, weights=WeightStorage.FAKE_FLOAT)
+    return insert_qdq(
+        prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings,
+        weights=WeightStorage.FAKE_FLOAT, quantize_bias=prepared.profile.quantize_bias,
+    )
 
 
 def measured_sqnr(prepared: Prepared, plan: Plan, encodings, calib: CalibrationSet, reference, batch_size: int) -> float:
@@ -187,7 +199,10 @@ def search_point(
         missing = _missing_phase1(prepared.analysis, store)
         if missing:
             raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run `onnxmp quantize` first")
-    table = sensitivity(prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=settings.batch_size, progress=progress)
+    table = sensitivity(
+        prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=settings.batch_size,
+        progress=progress, quantize_bias=prepared.profile.quantize_bias,
+    )
     timings["phase1_s"] = time.perf_counter() - start
     start = time.perf_counter()
     curve = STRATEGIES[settings.strategy](table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
@@ -328,7 +343,63 @@ def emit(prepared: Prepared, plan: Plan, encodings, output_dir: Path, **facts) -
     """Write the deployable QDQ model and the run's records into `output_dir`."""
     from onnxmp import report
 
-    qdq = insert_qdq(prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings)
+    chosen = quantizers_for(
+        prepared.model, prepared.analysis, plan, encodings, quantize_bias=prepared.profile.quantize_bias
+    )
+    qdq = insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER)
     paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}
-    paths.update(report.write_all(prepared, plan, output_dir, **facts))
+    user_set, absent = user_encodings(prepared.original, prepared.model, chosen)
+    paths["encodings"] = model_io.write_text(
+        encodings_format.to_json(user_set, version=facts.pop("encodings_version", "1.0.0")), output_dir / "encodings.json"
+    )
+    paths.update(report.write_all(prepared, plan, output_dir, absent=absent, **facts))
     return paths
+
+
+def user_encodings(original: onnx.ModelProto, canonical: onnx.ModelProto, chosen: Quantizers):
+    """Encodings named by the user's tensors, and {canonical name: reason} for those without one."""
+    names = encodings_format.original_names(original, canonical)
+    params = {**chosen.weights, **chosen.biases}
+    absent = {
+        name: "created by canonicalization (e.g. the bias of a BatchNorm folded into a Conv without one)"
+        for name in (*params, *chosen.activations) if name not in names
+    }
+    return encodings_format.EncodingSet(
+        params={names[n]: e for n, e in params.items() if n in names},
+        activations={names[n]: e for n, e in chosen.activations.items() if n in names},
+    ), absent
+
+
+def apply_encodings(
+    model: str | Path | onnx.ModelProto, encodings_path: str | Path, output_dir: str | Path, *, verify: bool = False
+) -> tuple[Path, tuple[str, ...]]:
+    """Build the QDQ model of `model` from an AIMET encodings file (ours or AIMET's).
+
+    Returns the model path and the names in the file that the model does not have.
+    """
+    from onnxmp.passes.calibrate import weight_axis
+
+    original = model if isinstance(model, onnx.ModelProto) else model_io.load(model)
+    canonical = run_passes(original, CANONICALIZE, verify=verify)
+    index = graph.build(canonical)
+    path = Path(encodings_path)
+    try:
+        loaded = encodings_format.from_json(path.read_text(), where=str(path))
+    except OSError as e:
+        raise EncodingsError(f"{path}: cannot read: {e.strerror}") from e
+    to_canonical = {user: canon for canon, user in encodings_format.original_names(original, canonical).items()}
+    unknown = tuple(sorted(n for n in (*loaded.params, *loaded.activations) if n not in to_canonical))
+    weights, biases, activations = {}, {}, {}
+    for user, enc in loaded.params.items():
+        if user not in to_canonical:
+            continue
+        name = to_canonical[user]
+        axis = (weight_axis(index, name) if enc.bits < 32 else 0) if enc.axis is not None else None
+        (biases if enc.bits > 16 else weights)[name] = replace(enc, name=name, axis=axis)
+    for user, enc in loaded.activations.items():
+        if user in to_canonical:
+            activations[to_canonical[user]] = replace(enc, name=to_canonical[user])
+    if not (weights or activations):
+        raise EncodingsError(f"{path}: no tensor named in the file exists in the model")
+    qdq = insert_quantizers(canonical, Quantizers(weights, activations, biases), weights=WeightStorage.INTEGER)
+    return model_io.save(qdq, Path(output_dir) / "model.qdq.onnx"), unknown

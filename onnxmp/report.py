@@ -15,6 +15,7 @@ from pathlib import Path
 
 from onnxmp import model_io
 from onnxmp.records import ParetoCurve, ParetoPoint, Plan, Selection, SensitivityTable
+from onnxmp.report_html import report_html
 
 
 def _number(value: float | None) -> float | str | None:
@@ -93,11 +94,19 @@ def report_md(prepared, plan: Plan, point: ParetoPoint, selection: Selection | N
     return "\n".join(lines) + "\n"
 
 
-def write_all(prepared, plan: Plan, output_dir: Path, *, point, curve, table, selection, timings) -> dict[str, Path]:
+def write_all(
+    prepared, plan: Plan, output_dir: Path, *, point, curve, table, selection, timings, absent=None
+) -> dict[str, Path]:
+    plan_data = plan_json(prepared, plan, point)
+    plan_data["encodings_absent"] = [{"tensor": t, "reason": r} for t, r in sorted((absent or {}).items())]
     paths = {
-        "plan": model_io.write_text(json.dumps(plan_json(prepared, plan, point), indent=2) + "\n", output_dir / "plan.json"),
+        "plan": model_io.write_text(json.dumps(plan_data, indent=2) + "\n", output_dir / "plan.json"),
         "pareto": model_io.write_text(pareto_csv(curve), output_dir / "pareto.csv"),
         "report": model_io.write_text(report_md(prepared, plan, point, selection, timings), output_dir / "report.md"),
+        "html": model_io.write_text(
+            report_html(prepared, plan, point=point, curve=curve, table=table, selection=selection, timings=timings),
+            output_dir / "report.html",
+        ),
     }
     if table is not None:
         text = json.dumps(sensitivity_json(prepared, table), indent=2) + "\n"

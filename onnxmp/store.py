@@ -27,10 +27,8 @@ def run_key(**parts: str) -> str:
     >>> run_key(a="1", b="2") == run_key(b="2", a="1")
     True
     """
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
-    for name in sorted(parts):
-        digest.update(f"|{name}={parts[name]}".encode())
-    return digest.hexdigest()
+    payload = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True)  # unambiguous
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

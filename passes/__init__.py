@@ -9,6 +9,6 @@ from __future__ import annotations
 from onnxmp.passes.canonicalize import fold_constants, infer_shapes, name_nodes, upgrade_opset
 from onnxmp.passes.fold_batchnorm import fold_batchnorm
 
-CANONICALIZE = (name_nodes, fold_constants, fold_batchnorm, upgrade_opset, infer_shapes)
+CANONICALIZE = (name_nodes, upgrade_opset, fold_constants, fold_batchnorm, infer_shapes)
 
 __all__ = ["CANONICALIZE", "fold_batchnorm", "fold_constants", "infer_shapes", "name_nodes", "upgrade_opset"]

@@ -81,8 +81,10 @@ def weight_axis(graph: DataflowGraph, weight: str) -> int | None:
         if consumer.input[0] == weight:
             return None
         return 0 if get_attribute(consumer, ATTR_TRANS_B, 0) else 1
-    if consumer.op_type == "MatMul" and rank >= 2:
-        return rank - 1 if consumer.input[1] == weight else rank - 2
+    if consumer.op_type == "MatMul" and rank == 2:
+        # batched (rank > 2) weights stay per tensor: ONNX Runtime's integer MatMul
+        # kernels accept per-column zero points only for 2-D weights
+        return 1 if consumer.input[1] == weight else 0
     return None
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxmp.encodings import PROVENANCE_PREFIX
 from onnxmp.graph import all_names, unique_name
 
 logger = logging.getLogger(__name__)
@@ -33,19 +34,23 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     copy.CopyFrom(model)
     graph = gs.import_onnx(copy)
     taken = all_names(model)
+    provenance: dict[str, str] = {}
     folded = 0
     for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
         reason = _why_not_foldable(bn, graph)
         if reason is not None:
             logger.debug("keep %s: %s", bn.name, reason)
             continue
-        _fold(bn, taken)
+        provenance.update(_fold(bn, taken))
         folded += 1
     logger.info("fold_batchnorm: folded %d BatchNormalization nodes", folded)
     result = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
     result.ir_version = model.ir_version
     del result.opset_import[:]
     result.opset_import.extend(model.opset_import)
+    for init in result.graph.initializer:
+        if init.name in provenance:  # so encodings can name the user's tensor
+            init.doc_string = f"{PROVENANCE_PREFIX}{provenance[init.name]}"
     return result
 
 
@@ -71,7 +76,8 @@ def _why_not_foldable(bn: gs.Node, graph: gs.Graph) -> str | None:
     return None
 
 
-def _fold(bn: gs.Node, taken: set[str]) -> None:
+def _fold(bn: gs.Node, taken: set[str]) -> dict[str, str]:
+    """Fold `bn` into its producer; return {new weight name: the weight it replaces}."""
     producer = bn.inputs[0].inputs[0]
     gamma, beta, mean, var = (t.values.astype(np.float64) for t in bn.inputs[1:5])
     factor = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
@@ -83,11 +89,15 @@ def _fold(bn: gs.Node, taken: set[str]) -> None:
     new_weight = (weight * factor.reshape(shape)).astype(np.float32)
     bias = producer.inputs[2].values.astype(np.float64) if len(producer.inputs) > 2 else 0.0
     new_bias = ((bias - mean) * factor + beta).astype(np.float32)
-    producer.inputs[1] = gs.Constant(unique_name(taken, f"{producer.inputs[1].name}_bnfold"), new_weight)
+    original = producer.inputs[1].name
+    producer.inputs[1] = gs.Constant(unique_name(taken, f"{original}_bnfold"), new_weight)
     bias_const = gs.Constant(unique_name(taken, f"{producer.name}_bias_bnfold"), new_bias)
+    # the folded bias stands for the producer's bias, or for the BN's B when there was none
+    bias_origin = producer.inputs[2].name if len(producer.inputs) > 2 else bn.inputs[2].name
     if len(producer.inputs) > 2:
         producer.inputs[2] = bias_const
     else:
         producer.inputs.append(bias_const)
     producer.outputs = bn.outputs
     bn.outputs = []
+    return {producer.inputs[1].name: original, bias_const.name: bias_origin}

@@ -12,13 +12,16 @@ Rule cases:
 2. An activation gets one Q->DQ pair at the tensor, shared by all its consumers (uint4,
    uint8, uint16 containers, or int for symmetric schemes). Widths that are not 4, 8 or 16
    get a Clip to the exact range first, so 6-bit is simulated exactly.
-3. Groups missing from the plan stay float.
+3. Conv/Gemm biases become int32 with scale s_x * s_w per channel when `quantize_bias` is
+   set (the profile's `schemes.bias`), so integer kernels need no float bias.
+4. Groups missing from the plan stay float.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -37,6 +40,15 @@ class WeightStorage(enum.Enum):
     FAKE_FLOAT = "fake_float"
 
 
+@dataclass(frozen=True)
+class Quantizers:
+    """The encoding of every quantized tensor of one configuration, by tensor name."""
+
+    weights: Mapping[str, TensorEncoding]
+    activations: Mapping[str, TensorEncoding]
+    biases: Mapping[str, TensorEncoding] = field(default_factory=dict)
+
+
 def insert_qdq(
     model: onnx.ModelProto,
     *,
@@ -44,8 +56,47 @@ def insert_qdq(
     plan: Plan,
     encodings: Encodings,
     weights: WeightStorage = WeightStorage.INTEGER,
+    quantize_bias: bool = False,
 ) -> onnx.ModelProto:
     """Return a copy of `model` with quantizers for every group in `plan`."""
+    chosen = quantizers_for(model, analysis, plan, encodings, quantize_bias=quantize_bias)
+    return insert_quantizers(model, chosen, weights=weights)
+
+
+def quantizers_for(
+    model: onnx.ModelProto, analysis: GroupAnalysis, plan: Plan, encodings: Encodings, *, quantize_bias: bool = False
+) -> Quantizers:
+    """Resolve a plan into per-tensor encodings (and int32 bias encodings s_x * s_w)."""
+    weight_encodings, act_encodings = {}, {}
+    for group in analysis.groups:
+        candidate = plan.get(group.id)
+        if candidate is None:
+            continue
+        weight_encodings.update({w: encodings[(w, candidate.w_bits)] for w in group.weights})
+        act_encodings.update({t: encodings[(t, candidate.a_bits)] for t in group.activations})
+    biases = _bias_encodings(model, analysis, weight_encodings, act_encodings) if quantize_bias else {}
+    return Quantizers(weight_encodings, act_encodings, biases)
+
+
+def _bias_encodings(model, analysis: GroupAnalysis, weight_enc, act_enc) -> dict[str, TensorEncoding]:
+    """Conv/Gemm biases as int32 with scale s_x * s_w (per output channel)."""
+    constants = {init.name for init in model.graph.initializer}
+    result = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in constants:
+            continue
+        anchor = analysis.anchors.get(node.input[0], node.input[0])
+        if node.input[1] not in weight_enc or anchor not in act_enc:
+            continue
+        s_w = np.asarray(weight_enc[node.input[1]].scale, np.float64)
+        scale = tuple(float(v) for v in np.float32(act_enc[anchor].scale[0] * s_w))
+        axis = None if weight_enc[node.input[1]].axis is None else 0
+        result[node.input[2]] = TensorEncoding(node.input[2], 32, scale, (0,) * len(scale), True, True, axis)
+    return result
+
+
+def insert_quantizers(model: onnx.ModelProto, quantizers: Quantizers, *, weights: WeightStorage) -> onnx.ModelProto:
+    """Return a copy of `model` with a DequantizeLinear per weight/bias and a Q/DQ pair per activation."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
@@ -54,22 +105,17 @@ def insert_qdq(
     act_nodes: dict[str, list[onnx.NodeProto]] = {}
     renamed: dict[str, str] = {}
     initializers = {init.name: init for init in graph.initializer}
-    for group in analysis.groups:
-        candidate = plan.get(group.id)
-        if candidate is None:
-            continue
-        for weight in group.weights:
-            enc = encodings[(weight, candidate.w_bits)]
-            if weights is WeightStorage.FAKE_FLOAT:
-                initializers[weight].CopyFrom(_fake_quantized(initializers[weight], enc))
-            else:
-                nodes, new_inits, renamed[weight] = _dequantized_weight(initializers[weight], enc, taken)
-                weight_nodes.extend(nodes)
-                graph.initializer.extend(new_inits)
-        for tensor in group.activations:
-            nodes, inits, renamed[tensor] = _qdq_pair(tensor, encodings[(tensor, candidate.a_bits)], taken)
-            act_nodes[tensor] = nodes
-            graph.initializer.extend(inits)
+    for name, enc in (*quantizers.weights.items(), *quantizers.biases.items()):
+        if weights is WeightStorage.FAKE_FLOAT:
+            initializers[name].CopyFrom(_fake_quantized(initializers[name], enc))
+        else:
+            nodes, new_inits, renamed[name] = _dequantized_weight(initializers[name], enc, taken)
+            weight_nodes.extend(nodes)
+            graph.initializer.extend(new_inits)
+    for tensor, enc in quantizers.activations.items():
+        nodes, inits, renamed[tensor] = _qdq_pair(tensor, enc, taken)
+        act_nodes[tensor] = nodes
+        graph.initializer.extend(inits)
     _rewire(graph, renamed, weight_nodes, act_nodes)
     used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
     kept = [init for init in graph.initializer if init.name in used]
@@ -100,6 +146,8 @@ def _rewire(graph: onnx.GraphProto, renamed: Mapping[str, str], weight_nodes: li
 
 
 def _weight_dtype(bits: int) -> int:
+    if bits > 16:
+        return TensorProto.INT32
     return TensorProto.INT4 if bits <= 4 else TensorProto.INT8 if bits <= 8 else TensorProto.INT16
 
 

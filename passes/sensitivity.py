@@ -79,6 +79,7 @@ def sensitivity(
     store: ResultStore,
     batch_size: int = 32,
     progress: Progress | None = None,
+    quantize_bias: bool = False,
 ) -> SensitivityTable:
     """SQNR (dB) of every (group, candidate); finished entries are read back from `store`.
 
@@ -110,7 +111,7 @@ def sensitivity(
                 start = time.perf_counter()
                 quantized = insert_qdq(
                     suffix, analysis=analysis, plan=Plan({group.id: candidate}), encodings=encodings,
-                    weights=WeightStorage.FAKE_FLOAT,
+                    weights=WeightStorage.FAKE_FLOAT, quantize_bias=quantize_bias,
                 )
                 result = _measure_suffix(quantized, values, reference, batch_size=batch_size)
                 entry = {

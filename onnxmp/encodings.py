@@ -1,0 +1,157 @@
+"""AIMET/QNN encodings JSON, both ways; the only module that knows that format's keys.
+
+Why: Qualcomm's QNN/SNPE converters take `--quantization_overrides` in AIMET's format, and
+AIMET users bring encodings they already have. Names refer to the user's original model:
+canonicalization may rename a tensor (a BN-folded weight), so names are mapped back, and
+tensors with no counterpart are reported, never silently dropped.
+
+AIMET's integer convention: x_int = round(x / scale) - offset on an unsigned grid
+[0, 2^bw - 1]; min = scale * offset, max = scale * (2^bw - 1 + offset). onnxmp's unsigned
+zero point z maps to offset = -z; a signed symmetric encoding maps to offset = -2^(bw-1).
+Formats: "1.0.0" (lists of {name, dtype, bw, is_sym, enc_type, scale[], offset[]}) and
+"0.6.1" (dicts keyed by tensor name, one {bitwidth, dtype, is_symmetric, max, min, offset,
+scale} per channel).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import onnx
+
+from onnxmp.errors import EncodingsError
+from onnxmp.records import TensorEncoding
+
+FORMATS = ("1.0.0", "0.6.1")
+PROVENANCE_PREFIX = "onnxmp:from="
+
+
+@dataclass(frozen=True)
+class EncodingSet:
+    """Encodings by tensor name: params (weights, biases) and activations."""
+
+    params: Mapping[str, TensorEncoding]
+    activations: Mapping[str, TensorEncoding]
+
+
+def original_names(original: onnx.ModelProto, canonical: onnx.ModelProto) -> dict[str, str]:
+    """Canonical tensor name -> the user's tensor name, for every tensor that has one.
+
+    A tensor keeps its name through canonicalization unless a pass made a new one; such
+    passes record the source in the initializer's doc_string (`onnxmp:from=<name>`).
+    """
+    graph = original.graph
+    known = {t for n in graph.node for t in (*n.input, *n.output)}
+    known |= {i.name for i in (*graph.input, *graph.output, *graph.initializer)}
+    result = {}
+    tensors = {t for n in canonical.graph.node for t in (*n.input, *n.output)} | {i.name for i in canonical.graph.input}
+    provenance = {
+        init.name: init.doc_string[len(PROVENANCE_PREFIX):]
+        for init in canonical.graph.initializer
+        if init.doc_string.startswith(PROVENANCE_PREFIX)
+    }
+    for name in tensors:
+        if name in known:
+            result[name] = name
+        elif provenance.get(name) in known:
+            result[name] = provenance[name]
+    return result
+
+
+def _offsets(enc: TensorEncoding) -> list[int]:
+    if enc.signed:
+        return [-(2 ** (enc.bits - 1))] * len(enc.scale)
+    return [-z for z in enc.zero_point]
+
+
+def _entry_v1(name: str, enc: TensorEncoding) -> dict:
+    return {
+        "name": name,
+        "dtype": "INT",
+        "bw": enc.bits,
+        "is_sym": enc.symmetric,
+        "enc_type": "PER_CHANNEL" if enc.axis is not None else "PER_TENSOR",
+        "scale": [float(s) for s in enc.scale],
+        "offset": _offsets(enc),
+    }
+
+
+def _entries_v061(enc: TensorEncoding) -> list[dict]:
+    top = 2**enc.bits - 1
+    return [
+        {
+            "bitwidth": enc.bits, "dtype": "int", "is_symmetric": str(enc.symmetric),
+            "max": float(scale * (top + offset)), "min": float(scale * offset), "offset": offset, "scale": float(scale),
+        }
+        for scale, offset in zip(enc.scale, _offsets(enc), strict=True)
+    ]
+
+
+def to_json(encodings: EncodingSet, *, version: str = "1.0.0") -> str:
+    """The AIMET encodings file text for `encodings` (names already the user's)."""
+    if version == "1.0.0":
+        data = {
+            "version": "1.0.0",
+            "activation_encodings": [_entry_v1(n, e) for n, e in sorted(encodings.activations.items())],
+            "param_encodings": [_entry_v1(n, e) for n, e in sorted(encodings.params.items())],
+            "excluded_layers": [],
+        }
+    elif version == "0.6.1":
+        data = {
+            "version": "0.6.1",
+            "activation_encodings": {n: _entries_v061(e) for n, e in sorted(encodings.activations.items())},
+            "param_encodings": {n: _entries_v061(e) for n, e in sorted(encodings.params.items())},
+            "excluded_layers": [],
+            "quantizer_args": {},
+        }
+    else:
+        raise EncodingsError(f"encodings version {version!r} is not one of {', '.join(FORMATS)}")
+    return json.dumps(data, indent=2) + "\n"
+
+
+def from_json(text: str, *, where: str = "encodings") -> EncodingSet:
+    """Parse an AIMET encodings file (1.0.0 or 0.6.1; version detected from its layout)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EncodingsError(f"{where}: not JSON: {e}") from e
+    if not isinstance(data, dict) or not ({"activation_encodings", "param_encodings"} & set(data)):
+        raise EncodingsError(f"{where}: no activation_encodings or param_encodings")
+    result = {}
+    for section in ("param_encodings", "activation_encodings"):
+        value = data.get(section) or ([] if isinstance(data.get(section), list) else {})
+        try:
+            if isinstance(value, list):
+                result[section] = {e["name"]: _from_v1(e) for e in value}
+            else:
+                result[section] = {name: _from_v061(name, entries) for name, entries in value.items()}
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            raise EncodingsError(f"{where}: {section}: malformed entry ({type(e).__name__}: {e})") from e
+    return EncodingSet(result["param_encodings"], result["activation_encodings"])
+
+
+def _from_aimet(name: str, bits: int, symmetric: bool, scales: list[float], offsets: list[int], per_channel: bool):
+    signed = symmetric and all(o == -(2 ** (bits - 1)) for o in offsets)
+    zero_points = tuple(0 for _ in offsets) if signed else tuple(-int(o) for o in offsets)
+    return TensorEncoding(
+        name=name, bits=int(bits), scale=tuple(float(s) for s in scales), zero_point=zero_points,
+        signed=signed, symmetric=signed, axis=0 if per_channel else None,
+    )
+
+
+def _from_v1(entry: Mapping) -> TensorEncoding:
+    if str(entry.get("dtype", "INT")).upper() != "INT":
+        raise ValueError(f"{entry['name']}: dtype {entry['dtype']} is not an integer encoding")
+    per_channel = entry.get("enc_type", "PER_TENSOR") == "PER_CHANNEL"
+    return _from_aimet(entry["name"], entry["bw"], bool(entry["is_sym"]), list(entry["scale"]), list(entry["offset"]), per_channel)
+
+
+def _from_v061(name: str, entries: list[Mapping]) -> TensorEncoding:
+    if any(str(e.get("dtype", "int")).lower() != "int" for e in entries):
+        raise ValueError(f"{name}: float encodings are not integer quantization")
+    symmetric = str(entries[0].get("is_symmetric", "False")) == "True"
+    scales = [e["scale"] for e in entries]
+    offsets = [int(e["offset"]) for e in entries]
+    return _from_aimet(name, entries[0]["bitwidth"], symmetric, scales, offsets, per_channel=len(entries) > 1)

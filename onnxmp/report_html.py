@@ -1,0 +1,251 @@
+"""The run as one self-contained HTML page: Pareto curve, per-group sensitivity, plan, facts.
+
+Why: a reviewer decides whether to trust a plan by seeing where it sits on the curve next to
+the homogeneous baselines and which groups are sensitive. One file with inline SVG opens
+anywhere with no network and no scripts, and the same inputs give the same bytes, so reports
+can be diffed and archived. Plots use `matplotlib.figure.Figure` directly (no pyplot, no
+backend switch, no global state); rc settings live in one `rc_context`.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import platform
+import re
+from collections.abc import Mapping, Sequence
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from onnxmp import bops
+from onnxmp.records import Candidate, ParetoPoint, Plan, QuantizerGroup, Selection, SensitivityTable
+
+if TYPE_CHECKING:  # pipeline sits above report modules: typing only, never imported
+    from onnxmp.pipeline import Prepared
+
+# svg.hashsalt fixes the ids matplotlib hashes; fonttype "path" draws glyphs so the page
+# looks the same whatever fonts the viewer has.
+_RC = {"svg.hashsalt": "onnxmp", "svg.fonttype": "path", "font.size": 9.0, "axes.grid": True, "grid.alpha": 0.3}
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
+th{background:#f0f0f0}svg{max-width:100%;height:auto}code{font-size:.9em}"""
+
+
+def report_html(
+    prepared: Prepared,
+    plan: Plan,
+    *,
+    point: ParetoPoint,
+    curve: Sequence[ParetoPoint],
+    table: SensitivityTable | None,
+    selection: Selection | None,
+    timings: Mapping[str, float],
+) -> str:
+    """Return the report page as a string; the caller writes it (atomically).
+
+    `table` and `selection` are None for a homogeneous run: the page then shows the one
+    measured point and says that phase 1 did not run.
+    """
+    baselines = _homogeneous_points(prepared, table) if table is not None else []
+    with matplotlib.rc_context(_RC):
+        pareto = _svg(_pareto_figure(point, curve, baselines), "pareto")
+        sensitivity = (
+            _svg(_sensitivity_figure(prepared.analysis.groups, table), "sensitivity")
+            if table is not None else "<p>Not measured: a homogeneous run has no phase 1.</p>"
+        )
+    body = [
+        "<h1>onnxmp report</h1>",
+        f"<p>Profile <b>{_e(prepared.profile.name)}</b>: {len(prepared.analysis.groups)} groups, "
+        f"{len(prepared.analysis.skipped)} ops left in float. Chosen point: relative BOPs "
+        f"{point.bops_rel:.4f}, predicted SQNR {_db(point.predicted_sqnr_db)} dB, "
+        f"measured {_db(point.measured_sqnr_db)} dB.</p>",
+        "<h2>Pareto curve</h2>", pareto,
+        _table(("homogeneous", "relative BOPs", "predicted SQNR (dB)"),
+               [(name, f"{x:.4f}", _db(y)) for name, x, y in baselines]) if baselines else "",
+        "<h2>Sensitivity per group (network order)</h2>", sensitivity,
+        "<h2>Chosen plan</h2>", _plan_table(prepared, plan, table),
+        "<h2>Ops left in float</h2>", _float_ops(prepared),
+        "<h2>Run facts</h2>", _table(("fact", "value"), _facts(prepared, point, selection, timings)),
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>onnxmp report: {_e(prepared.profile.name)}</title><style>{_CSS}</style></head>\n"
+            "<body>\n" + "\n".join(part for part in body if part) + "\n</body></html>\n")
+
+
+def _homogeneous_points(prepared: Prepared, table: SensitivityTable) -> list[tuple[str, float, float]]:
+    """(kernel, relative BOPs, predicted SQNR) of every kernel applied everywhere it can run.
+
+    Why: these are the baselines a mixed plan must beat. A kernel some group cannot take
+    gives no homogeneous configuration and is left out.
+    """
+    points = []
+    for kernel in prepared.profile.kernels:
+        plan = _everywhere(prepared.analysis.groups, kernel)
+        if plan is not None:
+            rel = bops.relative_bops(plan, prepared.group_bops, prepared.reference_bops)
+            points.append((str(kernel), rel, _predicted_db(plan, table)))
+    return points
+
+
+def _everywhere(groups: Sequence[QuantizerGroup], kernel: Candidate) -> Plan | None:
+    """Every group at `kernel`, weightless groups at its activation width; None if not allowed."""
+    choices = {}
+    for group in groups:
+        wanted = kernel if group.weights else Candidate(None, kernel.a_bits)
+        if wanted not in group.candidates:
+            return None
+        choices[group.id] = wanted
+    return Plan(choices)
+
+
+def _predicted_db(plan: Plan, table: SensitivityTable) -> float:
+    """Noise-to-signal ratios add (phase 2's model); computed here, not imported from search."""
+    noise = sum(0.0 if db == math.inf else 10 ** (-db / 10) for db in (table.of(g, c) for g, c in plan.items()))
+    return math.inf if noise == 0 else -10 * math.log10(noise)
+
+
+def _pareto_figure(point: ParetoPoint, curve: Sequence[ParetoPoint], baselines) -> Figure:
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    if any(_finite(p.predicted_sqnr_db) for p in curve):  # a homogeneous run predicts nothing
+        ax.plot([p.bops_rel for p in curve], [_plottable(p.predicted_sqnr_db) for p in curve],
+                "o-", ms=3, color="tab:blue", label="predicted SQNR")
+    measured = [p for p in curve if _finite(p.measured_sqnr_db)]
+    if measured:
+        ax.plot([p.bops_rel for p in measured], [p.measured_sqnr_db for p in measured], "s", ms=7, mfc="none", color="tab:orange", label="measured SQNR")
+    for i, (name, x, y) in enumerate(baselines):
+        ax.plot(x, _plottable(y), "D", color="tab:gray", label="homogeneous" if i == 0 else None)
+        ax.annotate(name, (x, _plottable(y)), textcoords="offset points", xytext=(5, -11))
+    chosen_y = point.predicted_sqnr_db if _finite(point.predicted_sqnr_db) else point.measured_sqnr_db
+    if _finite(chosen_y):
+        ax.plot(point.bops_rel, chosen_y, "*", ms=15, color="tab:red", label="chosen", zorder=5)
+    ax.set_xlabel("relative BOPs (W8A16 everywhere = 1)")
+    ax.set_ylabel("output SQNR (dB)")
+    handles, labels = ax.get_legend_handles_labels()
+    scored = [p for p in curve if _finite(p.accuracy)]
+    if scored:
+        twin = ax.twinx()
+        twin.plot([p.bops_rel for p in scored], [p.accuracy for p in scored], "^", color="tab:green", label="accuracy")
+        twin.set_ylabel("accuracy")
+        twin.grid(False)
+        extra = twin.get_legend_handles_labels()
+        handles, labels = handles + extra[0], labels + extra[1]
+    ax.legend(handles, labels, loc="lower right")
+    return fig
+
+
+def _sensitivity_figure(groups: Sequence[QuantizerGroup], table: SensitivityTable) -> Figure:
+    """Grouped bars: SQNR with one group quantized alone, per candidate (the paper's Figure 3).
+
+    +inf dB (the group changes nothing) is drawn as a hatched bar at the top, marked ∞.
+    """
+    order = list(dict.fromkeys(c for g in groups for c in g.candidates))
+    colors = {c: _COLORS[i % len(_COLORS)] for i, c in enumerate(order)}
+    finite = [db for g in groups for c in g.candidates if _finite(db := table.of(g.id, c))]
+    top = max(finite, default=1.0) * 1.08
+    fig = Figure(figsize=(min(16.0, 2.5 + 0.5 * len(groups)), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    seen = set()
+    for i, group in enumerate(groups):
+        width = 0.8 / len(group.candidates)
+        for j, candidate in enumerate(group.candidates):
+            db = table.of(group.id, candidate)
+            x = i - 0.4 + (j + 0.5) * width
+            label = None if candidate in seen else str(candidate)
+            seen.add(candidate)
+            ax.bar(x, db if _finite(db) else top, width, color=colors[candidate], label=label,
+                   hatch=None if _finite(db) else "//")
+            if not _finite(db):
+                ax.text(x, top, "∞", ha="center", va="bottom")
+    ax.set_xticks(range(len(groups)), [g.id for g in groups], rotation=45, ha="right")
+    ax.set_ylabel("SQNR, group alone (dB)")
+    ax.legend(ncols=min(len(order), 6), loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    return fig
+
+
+def _svg(fig: Figure, prefix: str) -> str:
+    """The figure as an inline <svg> element, byte-stable, with ids unique within the page.
+
+    Why: the XML prolog and DOCTYPE are not allowed inside HTML, <metadata> carries the
+    matplotlib version and URLs, and two inline SVGs share one id namespace.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    text = buffer.getvalue().decode("utf-8")
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)
+    return re.sub(r'(\bid="|xlink:href="#|href="#|url\(#)', rf"\g<1>{prefix}-", text)
+
+
+def _plan_table(prepared: Prepared, plan: Plan, table: SensitivityTable | None) -> str:
+    total = sum(prepared.macs.values()) or 1
+    rows = []
+    for group in prepared.analysis.groups:
+        if group.id not in plan:
+            continue
+        share = sum(prepared.macs.get(op, 0) for op in group.ops) / total
+        alone = _db(table.of(group.id, plan[group.id])) if table is not None else "–"
+        rows.append((group.id, ", ".join(group.ops), str(plan[group.id]), f"{100 * share:.1f} %", alone))
+    return _table(("group", "ops", "W/A bits", "share of MACs", "SQNR alone (dB)"), rows)
+
+
+def _float_ops(prepared: Prepared) -> str:
+    skipped = prepared.analysis.skipped
+    if not skipped:
+        return "<p>None: every op is quantized or passes a quantizer through.</p>"
+    return _table(("node", "op type", "reason"), [(s.node, s.op_type, s.reason) for s in skipped])
+
+
+def _facts(prepared: Prepared, point: ParetoPoint, selection: Selection | None, timings) -> list[tuple[str, str]]:
+    how = ("homogeneous (no search)" if selection is None
+           else f"{selection.method}, curve index {selection.index}, {selection.evaluations} evaluations")
+    rows = [("selection", how), ("accuracy", "–" if point.accuracy is None else f"{point.accuracy:.4f}")]
+    rows += [_timing(name, value) for name, value in timings.items()]
+    rows += [(f"fingerprint {name}", digest) for name, digest in prepared.fingerprints.items()]
+    return rows + [(f"version {name}", version) for name, version in _versions().items()]
+
+
+def _timing(name: str, value: float) -> tuple[str, str]:
+    """Keys ending in `_s` are seconds; others (float_accuracy) are scores."""
+    if name.endswith("_s"):
+        return f"time {name[:-2]}", f"{value:.3f} s"
+    return name.replace("_", " "), f"{value:.4f}"
+
+
+def _versions() -> dict[str, str]:
+    """Versions that change numbers (onnxruntime kernels, numpy) or the page (matplotlib)."""
+    try:
+        own = metadata.version("onnxmp")
+    except metadata.PackageNotFoundError:
+        own = "unknown"
+    found = {name: import_module(name).__version__ for name in ("onnx", "onnxruntime", "numpy", "matplotlib")}
+    return {"onnxmp": own, **found, "python": platform.python_version()}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>\n" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>"
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _plottable(value: float) -> float:
+    """Matplotlib cannot place ±inf; NaN leaves a gap instead."""
+    return value if math.isfinite(value) else math.nan
+
+
+def _db(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "inf" if value == math.inf else f"{value:.2f}"
