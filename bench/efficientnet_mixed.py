@@ -22,12 +22,12 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
+
+from onnxmp import pipeline  # noqa: E402
 from onnxmp.passes.calibrate import calibrate  # noqa: E402
 from onnxmp.passes.search import SearchMethod, select_by_bops, select_by_target  # noqa: E402
 from onnxmp.passes.search.greedy import pareto_curve  # noqa: E402
 from onnxmp.passes.sensitivity import reference_outputs, sensitivity  # noqa: E402
-
-from onnxmp import pipeline  # noqa: E402
 from onnxmp.records import Candidate  # noqa: E402
 
 PLAN = {

@@ -19,8 +19,7 @@ import numpy as np
 from onnxmp import calib_data, pipeline, runtime
 from onnxmp.calib_data import Preprocess
 from onnxmp.errors import CalibrationError, OnnxmpError
-from onnxmp.passes.search import SearchMethod
-from onnxmp.records import RangeMethod
+from onnxmp.records import RangeMethod, SearchMethod
 
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -155,7 +154,7 @@ def _run_options(command):
         click.option("--calib-images", type=click.Path(exists=True, file_okay=False), help="Folder of calibration images."),
         click.option("--preprocess", type=click.Choice([p.value for p in Preprocess]), default="imagenet", show_default=True),
         click.option("--num-calib", type=click.IntRange(min=1), default=None, help="Use the first N samples only."),
-        click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Where outputs go."),
+        click.option("-o", "--output-dir", required=True, help="Where outputs go (a folder)."),
         click.option("--bits", help="Homogeneous precision, e.g. W8A8."),
         click.option("--target-bops", type=click.FloatRange(min=0, min_open=True), help="Relative BOPs budget (W8A16 = 1)."),
         click.option("--min-sqnr", type=float, help="Cheapest point whose measured output SQNR (dB) is at least this."),
@@ -165,6 +164,8 @@ def _run_options(command):
         click.option("--range-method", type=click.Choice([m.value for m in RangeMethod]), default="mse", show_default=True),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--encodings-version", type=click.Choice(["1.0.0", "0.6.1"]), default="1.0.0", show_default=True,
+                     help="AIMET encodings format of out/encodings.json."),
     ]):
         command = option(command)
     return common_options(command)
@@ -173,7 +174,7 @@ def _run_options(command):
 def _run(require_stored: bool, **kw) -> None:
     _setup_logging(kw["verbose"], kw["debug"])
     model_path = Path(kw["model_path"])
-    output_dir = Path(kw["output_dir"])
+    output_dir = _output_dir(kw["output_dir"])
     if output_dir.resolve() == model_path.parent.resolve() and (output_dir / "model.qdq.onnx").resolve() == model_path.resolve():
         raise OnnxmpError("the output would overwrite the input model; choose another --output-dir")
     model, calib = _load_calib(kw["model_path"], kw["calib"], kw["calib_images"], kw["preprocess"], kw["num_calib"])
@@ -186,8 +187,16 @@ def _run(require_stored: bool, **kw) -> None:
         target_bops=kw["target_bops"], min_sqnr_db=kw["min_sqnr"], max_drop=kw["max_drop"],
         evaluate=_evaluator(kw["eval_data"], kw["eval_fn"], kw["batch_size"]), settings=settings,
         progress=_Progress(), require_stored=require_stored, verify=kw["debug"],
+        encodings_version=kw["encodings_version"],
     )
     _summary(result)
+
+
+def _output_dir(text: str) -> Path:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise OnnxmpError(f"{path}: -o/--output-dir must be a folder, and this is a file")
+    return path
 
 
 def _summary(result: pipeline.Result) -> None:
@@ -223,6 +232,23 @@ def quantize(**kw) -> None:
 def search(**kw) -> None:
     """Re-run phase 2 and the selection for a new budget from the phase-1 store in -o DIR."""
     _run(require_stored=True, **kw)
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--encodings", "encodings_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="AIMET encodings JSON (1.0.0 or 0.6.1), written by onnxmp or by AIMET.")
+@click.option("-o", "--output-dir", required=True, help="Where model.qdq.onnx goes (a folder).")
+@common_options
+@handle_errors
+def apply(model_path: str, encodings_path: str, output_dir: str, seed: int, verbose: int, debug: bool) -> None:
+    """Build the QDQ model of MODEL_PATH from an encodings file."""
+    _setup_logging(verbose, debug)
+    path, unknown = pipeline.apply_encodings(model_path, encodings_path, _output_dir(output_dir), verify=debug)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        click.echo(f"onnxmp: {len(unknown)} encodings name tensors this model does not have: {shown}", err=True)
+    click.echo(f"model             {path}")
 
 
 @main.command()

@@ -121,7 +121,9 @@ def from_json(text: str, *, where: str = "encodings") -> EncodingSet:
         raise EncodingsError(f"{where}: no activation_encodings or param_encodings")
     result = {}
     for section in ("param_encodings", "activation_encodings"):
-        value = data.get(section) or ([] if isinstance(data.get(section), list) else {})
+        value = data.get(section) or {}
+        if not isinstance(value, (list, dict)):
+            raise EncodingsError(f"{where}: {section}: expected a list (1.0.0) or a mapping (0.6.1)")
         try:
             if isinstance(value, list):
                 result[section] = {e["name"]: _from_v1(e) for e in value}
@@ -133,6 +135,10 @@ def from_json(text: str, *, where: str = "encodings") -> EncodingSet:
 
 
 def _from_aimet(name: str, bits: int, symmetric: bool, scales: list[float], offsets: list[int], per_channel: bool):
+    if not scales or len(scales) != len(offsets):
+        raise ValueError(f"{name}: {len(scales)} scales and {len(offsets)} offsets")
+    if any(not s > 0 for s in scales):
+        raise ValueError(f"{name}: scales must be positive")
     signed = symmetric and all(o == -(2 ** (bits - 1)) for o in offsets)
     zero_points = tuple(0 for _ in offsets) if signed else tuple(-int(o) for o in offsets)
     return TensorEncoding(
@@ -149,6 +155,8 @@ def _from_v1(entry: Mapping) -> TensorEncoding:
 
 
 def _from_v061(name: str, entries: list[Mapping]) -> TensorEncoding:
+    if not entries:
+        raise ValueError(f"{name}: no encodings")
     if any(str(e.get("dtype", "int")).lower() != "int" for e in entries):
         raise ValueError(f"{name}: float encodings are not integer quantization")
     symmetric = str(entries[0].get("is_symmetric", "False")) == "True"

@@ -285,6 +285,7 @@ def quantize(
     progress=None,
     require_stored: bool = False,
     verify: bool = False,
+    encodings_version: str = "1.0.0",
 ) -> Result:
     """Quantize `model` for `profile` and write the QDQ model, plan, curve and report.
 
@@ -328,7 +329,10 @@ def quantize(
         )
         timings.update(search_timings)
         plan, point = selection.point.plan, selection.point
-    paths = emit(prepared, plan, encodings, output_dir, point=point, curve=curve, table=table, selection=selection, timings=timings)
+    paths = emit(
+        prepared, plan, encodings, output_dir, point=point, curve=curve, table=table, selection=selection,
+        timings=timings, encodings_version=encodings_version,
+    )
     return Result(plan, point, curve, selection, table, paths, timings)
 
 
@@ -395,6 +399,9 @@ def apply_encodings(
             continue
         name = to_canonical[user]
         axis = (weight_axis(index, name) if enc.bits < 32 else 0) if enc.axis is not None else None
+        channels = index.shapes.get(name, ())[axis] if axis is not None and axis < len(index.shapes.get(name, ())) else 1
+        if len(enc.scale) != (channels if axis is not None else 1):
+            raise EncodingsError(f"{path}: {user}: {len(enc.scale)} scales, the tensor has {channels} channels")
         (biases if enc.bits > 16 else weights)[name] = replace(enc, name=name, axis=axis)
     for user, enc in loaded.activations.items():
         if user in to_canonical:

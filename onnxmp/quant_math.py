@@ -49,9 +49,9 @@ def quantize(x: np.ndarray, scale, zero_point, qmin: int, qmax: int) -> np.ndarr
     >>> quantize(np.array([-1.0, 0.5, 2.0]), 2 / 127, 0, -127, 127).tolist()
     [-64, 32, 127]
     """
-    x = np.asarray(x, dtype=np.float32)
-    scaled = np.round(x / np.asarray(scale, dtype=np.float32))
-    return np.clip(scaled + np.asarray(zero_point, dtype=np.float32), qmin, qmax).astype(np.int64)
+    # float64 so that wide grids (int32 biases) clip exactly at their bounds
+    scaled = np.round(np.asarray(x, dtype=np.float32) / np.asarray(scale, dtype=np.float32).astype(np.float64))
+    return np.clip(scaled + np.asarray(zero_point, dtype=np.float64), qmin, qmax).astype(np.int64)
 
 
 def dequantize(x_int: np.ndarray, scale, zero_point) -> np.ndarray:

@@ -20,6 +20,14 @@ class Granularity(enum.Enum):
     PER_CHANNEL = "per_channel"
 
 
+class SearchMethod(enum.Enum):
+    """How a quality target is searched on the Pareto curve."""
+
+    SEQUENTIAL = "sequential"
+    BINARY = "binary"
+    HYBRID = "hybrid"
+
+
 class RangeMethod(enum.Enum):
     """How a quantizer's clipping range is chosen from calibration statistics."""
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -33,6 +33,7 @@ from onnxmp.records import GroupAnalysis, Plan, TensorEncoding
 
 Encodings = Mapping[tuple[str, int], TensorEncoding]
 NATIVE_BITS = (4, 8, 16)
+_INT32_SAFE = 2**31 - 2**8  # headroom for float32 rounding of s_x * s_w
 
 
 class WeightStorage(enum.Enum):
@@ -79,8 +80,13 @@ def quantizers_for(
 
 
 def _bias_encodings(model, analysis: GroupAnalysis, weight_enc, act_enc) -> dict[str, TensorEncoding]:
-    """Conv/Gemm biases as int32 with scale s_x * s_w (per output channel)."""
-    constants = {init.name for init in model.graph.initializer}
+    """Conv/Gemm biases as int32 with scale s_x * s_w (per output channel).
+
+    A channel whose bias would overflow int32 (a near-zero weight channel has a tiny s_w)
+    gets a larger weight scale, s_w >= |b| / (s_x * (2^31 - 1)), written back into
+    `weight_enc`, so integer kernels keep bias scale = s_x * s_w exactly.
+    """
+    constants = {init.name: init for init in model.graph.initializer}
     result = {}
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in constants:
@@ -88,8 +94,15 @@ def _bias_encodings(model, analysis: GroupAnalysis, weight_enc, act_enc) -> dict
         anchor = analysis.anchors.get(node.input[0], node.input[0])
         if node.input[1] not in weight_enc or anchor not in act_enc:
             continue
+        s_x = act_enc[anchor].scale[0]
+        bias = np.abs(numpy_helper.to_array(constants[node.input[2]]).astype(np.float64))
         s_w = np.asarray(weight_enc[node.input[1]].scale, np.float64)
-        scale = tuple(float(v) for v in np.float32(act_enc[anchor].scale[0] * s_w))
+        needed = bias / (s_x * _INT32_SAFE) if s_w.size == bias.size else np.zeros_like(s_w)
+        if np.any(needed > s_w):
+            s_w = np.maximum(s_w, needed)
+            weight_enc[node.input[1]] = replace(weight_enc[node.input[1]], scale=tuple(float(np.float32(v)) for v in s_w))
+            s_w = np.asarray(weight_enc[node.input[1]].scale, np.float64)
+        scale = tuple(float(v) for v in np.float32(s_x * s_w))
         axis = None if weight_enc[node.input[1]].axis is None else 0
         result[node.input[2]] = TensorEncoding(node.input[2], 32, scale, (0,) * len(scale), True, True, axis)
     return result

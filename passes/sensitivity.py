@@ -17,18 +17,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import onnx
-from onnxmp.passes.extract_subgraph import affected_nodes, frontier, producing_nodes, subgraph
-from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 
 from onnxmp import quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import build
-from onnxmp.records import Candidate, GroupAnalysis, Plan, SensitivityTable, TensorEncoding
+from onnxmp.passes.extract_subgraph import affected_nodes, frontier, producing_nodes, subgraph
+from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.records import (
+    Candidate,
+    GroupAnalysis,
+    Plan,
+    QuantizerGroup,
+    SensitivityTable,
+    TensorEncoding,
+)
 from onnxmp.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -70,6 +78,30 @@ def measure(
     return _measure_suffix(model, dict(calib.arrays), reference, batch_size=batch_size)
 
 
+@dataclass(frozen=True)
+class Phase1Job:
+    """One worker's share of phase 1: some groups, measured in network order.
+
+    Everything a worker needs travels in the job (picklable for process pools and Ray):
+    the serialized canonical model, the groups, the encodings, the calibration inputs and
+    the float reference outputs.
+    """
+
+    model: bytes
+    groups: tuple[QuantizerGroup, ...]
+    anchors: Mapping[str, str]
+    encodings: Mapping[tuple[str, int], TensorEncoding]
+    inputs: Mapping[str, np.ndarray]
+    reference: Mapping[str, np.ndarray]
+    pending: frozenset[tuple[str, Candidate]]
+    batch_size: int
+    quantize_bias: bool
+    threads: int | None = None
+
+
+Executor = Callable[[Sequence[Phase1Job], Callable[[dict], None]], None]
+
+
 def sensitivity(
     model: onnx.ModelProto,
     analysis: GroupAnalysis,
@@ -77,65 +109,128 @@ def sensitivity(
     calib: CalibrationSet,
     *,
     store: ResultStore,
-    batch_size: int = 32,
+    batch_size: int = 64,
     progress: Progress | None = None,
     quantize_bias: bool = False,
+    executor: Executor | None = None,
+    jobs: int = 1,
 ) -> SensitivityTable:
     """SQNR (dB) of every (group, candidate); finished entries are read back from `store`.
 
-    Groups are visited in network order; each is measured on its suffix only, fed with
-    float frontier values that `FrontierCache` carries forward from group to group.
+    The pending evaluations are split into `jobs` runs of consecutive groups and handed to
+    `executor` (default: this process, one job after the other); every result is appended
+    to the store as soon as it arrives.
     """
     done = {(e["group"], Candidate.parse(e["candidate"])): e for e in store.entries(STORE_KIND)}
     tasks = [(g.id, c) for g in analysis.groups for c in g.candidates]
-    remaining = sum(t not in done for t in tasks)
-    logger.info("phase 1: %d evaluations, %d already in %s", len(tasks), len(tasks) - remaining, store.path)
-    if remaining:
-        index = build(model)
-        reference = reference_outputs(model, calib, batch_size=batch_size)
-        cache = FrontierCache(model, index, calib, batch_size=batch_size)
-        cuts = [(g, affected_nodes(index, g)) for g in analysis.groups]
-        cuts.sort(key=lambda item: min((index.index(n) for n in item[1]), default=0))
-        cache.plan([frontier(index, nodes) for _, nodes in cuts])
-        for step, (group, nodes) in enumerate(cuts):
-            pending = [c for c in group.candidates if (group.id, c) not in done]
-            if not pending:
-                continue
-            inputs = frontier(index, nodes)
-            values = cache.values(step, inputs)
-            outputs = [o for o in index.graph_outputs if index.producer_of.get(o) in nodes]
-            suffix = subgraph(model, index, nodes, inputs, outputs)
-            for candidate in pending:
-                if progress is not None:
-                    progress(sum(t in done for t in tasks), len(tasks), f"{group.id} @ {candidate}")
-                start = time.perf_counter()
-                quantized = insert_qdq(
-                    suffix, analysis=analysis, plan=Plan({group.id: candidate}), encodings=encodings,
-                    weights=WeightStorage.FAKE_FLOAT, quantize_bias=quantize_bias,
-                )
-                result = _measure_suffix(quantized, values, reference, batch_size=batch_size)
-                entry = {
-                    "group": group.id, "candidate": str(candidate), "signal": list(result.signal),
-                    "noise": list(result.noise), "seconds": round(time.perf_counter() - start, 3),
-                }
-                store.append(STORE_KIND, entry)
-                done[(group.id, candidate)] = entry
-    if progress is not None:
-        progress(len(tasks), len(tasks), "done")
+    pending = frozenset(t for t in tasks if t not in done)
+    logger.info("phase 1: %d evaluations, %d already in %s", len(tasks), len(tasks) - len(pending), store.path)
+
+    def consume(entry: dict) -> None:
+        store.append(STORE_KIND, entry)
+        done[(entry["group"], Candidate.parse(entry["candidate"]))] = entry
+        if progress is not None:
+            progress(len(done), len(tasks), f"{entry['group']} @ {entry['candidate']}")
+
+    if pending:
+        work = split_jobs(model, analysis, encodings, calib, pending, batch_size=batch_size,
+                          quantize_bias=quantize_bias, jobs=jobs)
+        (executor or run_jobs_here)(work, consume)
+    missing = [t for t in tasks if t not in done]
+    if missing:
+        raise RuntimeError(f"phase 1 finished without {len(missing)} results, e.g. {missing[0]}")
     return SensitivityTable(
         {t: OutputNoise(tuple(done[t]["signal"]), tuple(done[t]["noise"])).sqnr_db for t in tasks}
     )
 
 
+def split_jobs(
+    model: onnx.ModelProto,
+    analysis: GroupAnalysis,
+    encodings: Mapping[tuple[str, int], TensorEncoding],
+    calib: CalibrationSet,
+    pending: frozenset[tuple[str, Candidate]],
+    *,
+    batch_size: int,
+    quantize_bias: bool,
+    jobs: int,
+) -> list[Phase1Job]:
+    """Pending groups in network order, cut into at most `jobs` runs of similar size."""
+    index = build(model)
+    order = sorted(analysis.groups, key=lambda g: min((index.index(n) for n in affected_nodes(index, g)), default=0))
+    todo = [g for g in order if any((g.id, c) in pending for c in g.candidates)]
+    reference = reference_outputs(model, calib, batch_size=batch_size)
+    serialized = model.SerializeToString()
+    chunks = _contiguous(todo, max(1, min(jobs, len(todo))))
+    return [
+        Phase1Job(
+            model=serialized, groups=tuple(chunk), anchors=dict(analysis.anchors), encodings=dict(encodings),
+            inputs=dict(calib.arrays), reference=reference, pending=pending, batch_size=batch_size,
+            quantize_bias=quantize_bias,
+        )
+        for chunk in chunks if chunk
+    ]
+
+
+def _contiguous(items: list, parts: int) -> list[list]:
+    """`items` cut into `parts` consecutive runs (the first ones one longer)."""
+    size, extra = divmod(len(items), parts)
+    runs, start = [], 0
+    for k in range(parts):
+        end = start + size + (1 if k < extra else 0)
+        runs.append(items[start:end])
+        start = end
+    return runs
+
+
+def run_jobs_here(jobs: Sequence[Phase1Job], consume: Callable[[dict], None]) -> None:
+    """The default executor: every job in this process, results consumed as measured."""
+    for job in jobs:
+        for entry in run_job(job):
+            consume(entry)
+
+
+def run_job(job: Phase1Job) -> Iterator[dict]:
+    """Measure the job's pending (group, candidate) pairs; yield one store entry each."""
+    model = onnx.load_from_string(job.model)
+    index = build(model)
+    analysis = GroupAnalysis(groups=job.groups, skipped=(), anchors=MappingProxyType(dict(job.anchors)))
+    calib = CalibrationSet(job.inputs)
+    cache = FrontierCache(model, index, calib, batch_size=job.batch_size, threads=job.threads)
+    cuts = [(g, affected_nodes(index, g)) for g in job.groups]
+    cache.plan([frontier(index, nodes) for _, nodes in cuts])
+    for step, (group, nodes) in enumerate(cuts):
+        inputs = frontier(index, nodes)
+        values = cache.values(step, inputs)
+        outputs = [o for o in index.graph_outputs if index.producer_of.get(o) in nodes]
+        suffix = subgraph(model, index, nodes, inputs, outputs)
+        for candidate in (c for c in group.candidates if (group.id, c) in job.pending):
+            start = time.perf_counter()
+            quantized = insert_qdq(
+                suffix, analysis=analysis, plan=Plan({group.id: candidate}), encodings=job.encodings,
+                weights=WeightStorage.FAKE_FLOAT, quantize_bias=job.quantize_bias,
+            )
+            result = _measure_suffix(quantized, values, job.reference, batch_size=job.batch_size, threads=job.threads)
+            yield {
+                "group": group.id, "candidate": str(candidate), "signal": list(result.signal),
+                "noise": list(result.noise), "seconds": round(time.perf_counter() - start, 3),
+            }
+
+
 def _measure_suffix(
-    model: onnx.ModelProto, values: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *, batch_size: int
+    model: onnx.ModelProto,
+    values: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    threads: int | None = None,
 ) -> OutputNoise:
     """Noise of the suffix outputs against the float reference; untouched outputs add signal only."""
     signal = dict.fromkeys(reference, 0.0)
     noise = dict.fromkeys(reference, 0.0)
     count = len(next(iter(reference.values())))
     batches = ({k: v[i : i + batch_size] for k, v in values.items()} for i in range(0, count, batch_size))
-    sess = runtime.session(model)
+    sess = runtime.session(model, threads=threads)
     for start, outputs in zip(range(0, count, batch_size), runtime.run_batches(sess, batches), strict=True):
         for name, got in outputs.items():
             noise[name] += quant_math.signal_and_noise(reference[name][start : start + batch_size], got)[1]
@@ -152,8 +247,10 @@ class FrontierCache:
     is run about once in all and memory holds one frontier, not every activation.
     """
 
-    def __init__(self, model: onnx.ModelProto, index, calib: CalibrationSet, *, batch_size: int) -> None:
-        self._model, self._index, self._batch_size = model, index, batch_size
+    def __init__(
+        self, model: onnx.ModelProto, index, calib: CalibrationSet, *, batch_size: int, threads: int | None = None
+    ) -> None:
+        self._model, self._index, self._batch_size, self._threads = model, index, batch_size, threads
         self._values: dict[str, np.ndarray] = dict(calib.arrays)
         self._keep: list[set[str]] = []
 
@@ -178,7 +275,7 @@ class FrontierCache:
         nodes = producing_nodes(self._index, wanted, set(self._values))
         inputs = frontier(self._index, nodes)
         segment = subgraph(self._model, self._index, nodes, inputs, wanted)
-        sess = runtime.session(segment)
+        sess = runtime.session(segment, threads=self._threads)
         count = len(next(iter(self._values.values())))
         parts: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
         for start in range(0, count, self._batch_size):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from onnxmp.passes import CANONICALIZE
-from onnxmp.passes.quantizer_groups import quantizer_groups
 
 from onnxmp import bops, hw_profile
+from onnxmp.passes import CANONICALIZE
+from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.records import Candidate, Plan
 from tests import builders, oracles
 

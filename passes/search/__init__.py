@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 from onnxmp.passes.search import greedy
-from onnxmp.passes.search.select import SearchMethod, select_by_bops, select_by_target
+from onnxmp.passes.search.select import select_by_bops, select_by_target
+from onnxmp.records import SearchMethod
 
 STRATEGIES = {"greedy": greedy.pareto_curve}
 

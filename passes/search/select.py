@@ -23,19 +23,12 @@ Each index is evaluated at most once; `Selection.evaluations` counts the calls.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 
 from onnxmp.errors import BudgetError
-from onnxmp.records import ParetoCurve, Selection
+from onnxmp.records import ParetoCurve, SearchMethod, Selection
 
 _TOLERANCE = 1e-9
-
-
-class SearchMethod(enum.Enum):
-    SEQUENTIAL = "sequential"
-    BINARY = "binary"
-    HYBRID = "hybrid"
 
 
 def select_by_bops(curve: ParetoCurve, target: float) -> Selection:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import numpy_helper
-from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.quantizer_groups import quantizer_groups
 
 from onnxmp import hw_profile, runtime
 from onnxmp.calib_data import CalibrationSet
+from onnxmp.passes.calibrate import calibrate
+from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.records import Granularity, RangeMethod
 from tests import builders, oracles
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from onnxmp.passes import CANONICALIZE, fold_constants, infer_shapes, name_nodes, upgrade_opset
-from onnxmp.passes.canonicalize import TARGET_OPSET
 
 from onnxmp import graph as graph_index
+from onnxmp.passes import CANONICALIZE, fold_constants, infer_shapes, name_nodes, upgrade_opset
+from onnxmp.passes.canonicalize import TARGET_OPSET
 from tests import builders, oracles
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from onnxmp.passes import fold_batchnorm
 
+from onnxmp.passes import fold_batchnorm
 from tests import builders, oracles
 
 

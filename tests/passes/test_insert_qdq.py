@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
-from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
-from onnxmp.passes.quantizer_groups import quantizer_groups
 
 from onnxmp import graph as graph_index
 from onnxmp import hw_profile, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
+from onnxmp.passes.calibrate import calibrate
+from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.records import Candidate, Plan
 from tests import builders, oracles
 

@@ -6,9 +6,9 @@ from collections import Counter
 
 import onnx
 import pytest
-from onnxmp.passes.quantizer_groups import quantizer_groups
 
 from onnxmp import hw_profile
+from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.records import Candidate, QuantizerGroup, SkippedOp
 from tests import builders
 

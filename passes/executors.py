@@ -1,0 +1,52 @@
+"""Where phase-1 jobs run: this process, local worker processes, or a Ray cluster.
+
+Why: phase 1 is G groups x K candidates of independent measurements. Every executor takes
+the same `Phase1Job`s and hands each result to `consume` as soon as it is known, so the
+store (and resumption) works the same whichever runs them, and results are identical:
+a job's numbers depend only on the job (fixed ONNX Runtime settings and thread count).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Sequence
+
+from onnxmp.errors import OnnxmpError
+from onnxmp.passes.sensitivity import Phase1Job, run_job, run_jobs_here
+
+
+def _run_to_list(job: Phase1Job) -> list[dict]:
+    return list(run_job(job))
+
+
+def run_in_processes(jobs: Sequence[Phase1Job], consume: Callable[[dict], None], *, workers: int) -> None:
+    """Run jobs in `workers` spawned processes; results are consumed job by job."""
+    if workers <= 1 or len(jobs) <= 1:
+        run_jobs_here(jobs, consume)
+        return
+    context = multiprocessing.get_context("spawn")  # ONNX Runtime thread pools do not survive fork
+    with context.Pool(processes=min(workers, len(jobs))) as pool:
+        for entries in pool.imap_unordered(_run_to_list, jobs):
+            for entry in entries:
+                consume(entry)
+
+
+def run_on_ray(jobs: Sequence[Phase1Job], consume: Callable[[dict], None], *, address: str | None) -> None:
+    """Run each job as a Ray task on the cluster at `address` (None: start a local one)."""
+    try:
+        import ray
+    except ImportError as e:
+        raise OnnxmpError("--executor ray needs Ray: pip install 'onnxmp[ray]'") from e
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        remote = ray.remote(_run_to_list)
+        pending = [remote.remote(job) for job in jobs]
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1)
+            for entry in ray.get(finished[0]):
+                consume(entry)
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,164 @@
+"""The `onnxmp` command line through click's CliRunner: bad input is one stderr line and exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from click.testing import CliRunner, Result
+from onnx import TensorProto, helper
+
+from onnxmp.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "models" / "digits_cnn.onnx"
+DIGITS_CALIB = REPO / "models" / "digits_calib.npz"
+NPU_YAML = REPO / "hw_profiles" / "npu.yaml"
+GROUP_IDS = ["stem/conv", "branch_a/conv", "concat", "proj/conv", "dw/conv", "fc1/gemm", "fc2/gemm"]
+
+
+def _invoke(*args: str | Path) -> Result:
+    # click >= 8.2 keeps stderr apart from stdout (result.stderr); `output` is both, interleaved
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _quantize(model: Path, out: Path, *extra: str | Path, calib: Path = DIGITS_CALIB) -> Result:
+    return _invoke("quantize", model, "--profile", "npu", "--calib", calib, "-o", out, *extra)
+
+
+def assert_one_line_error(result: Result, *words: str) -> str:
+    """Exit code 2, exactly one stderr line "onnxmp: error: ...", no traceback anywhere."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert isinstance(result.exception, SystemExit)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("onnxmp: error: "), lines
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def _unknown_op_model(path: Path) -> Path:
+    #   x[N,4] ─ foo(Foo, default domain) ─► y[N,4]
+    node = helper.make_node("Foo", ["x"], ["y"], name="foo")
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _calib(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def test_corrupt_model(tmp_path):
+    model = tmp_path / "corrupt.onnx"
+    model.write_bytes(b"\x08\x07\xff\xfe this is not a protobuf \x00\x01" * 20)
+    assert_one_line_error(_quantize(model, tmp_path / "out", "--bits", "W8A8"), str(model))
+
+
+def test_truncated_model(tmp_path):
+    model = tmp_path / "truncated.onnx"
+    data = DIGITS.read_bytes()
+    model.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(_quantize(model, tmp_path / "out", "--bits", "W8A8"), str(model))
+
+
+def test_unknown_op(tmp_path):
+    model = _unknown_op_model(tmp_path / "foo.onnx")
+    calib = _calib(tmp_path / "calib.npz", {"x": np.ones((4, 4), np.float32)})
+    result = _quantize(model, tmp_path / "out", "--bits", "W8A8", calib=calib)
+    assert_one_line_error(result, "unknown op 'Foo'", "foo")
+
+
+def test_unknown_op_in_groups(tmp_path):
+    model = _unknown_op_model(tmp_path / "foo.onnx")
+    assert_one_line_error(_invoke("groups", model, "--profile", "npu"), "unknown op 'Foo'")
+
+
+def test_wrong_profile_name(tmp_path):
+    result = _invoke("quantize", DIGITS, "--profile", "nosuch", "--calib", DIGITS_CALIB, "-o", tmp_path / "out", "--bits", "W8A8")
+    assert_one_line_error(result, "nosuch", "npu", "research")
+
+
+def test_profile_yaml_with_a_bad_kernel(tmp_path):
+    text = NPU_YAML.read_text()
+    assert "kernels: [W8A16, W8A8, W4A8]" in text
+    profile = tmp_path / "bad.yaml"
+    profile.write_text(text.replace("kernels: [W8A16, W8A8, W4A8]", "kernels: [W8A16, W8A8, W3B8]"))
+    result = _invoke("quantize", DIGITS, "--profile", profile, "--calib", DIGITS_CALIB, "-o", tmp_path / "out", "--target-bops", "0.3")
+    assert_one_line_error(result, str(profile), "kernels[2]", "W3B8")
+
+
+def test_impossible_budget(tmp_path):
+    result = _quantize(DIGITS, tmp_path / "out", "--target-bops", "0.01")
+    assert_one_line_error(result, "0.01", "0.2500 to 1.0000")
+    assert not (tmp_path / "out" / "model.qdq.onnx").exists()
+
+
+def test_nan_calibration_data(tmp_path):
+    images = np.zeros((8, 1, 8, 8), np.float32)
+    images[3, 0, 2, 5] = np.nan
+    calib = _calib(tmp_path / "nan.npz", {"image": images})
+    assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--bits", "W8A8", calib=calib), "image", "NaN")
+
+
+def test_calibration_with_a_wrong_input_name(tmp_path):
+    calib = _calib(tmp_path / "named.npz", {"img": np.zeros((8, 1, 8, 8), np.float32)})
+    assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--bits", "W8A8", calib=calib), "'image'", "img")
+
+
+def test_bits_that_the_profile_lacks(tmp_path):
+    result = _quantize(DIGITS, tmp_path / "out", "--bits", "W3A8")
+    assert_one_line_error(result, "W3A8", "npu", "W8A16, W8A8, W4A8")
+
+
+def test_output_dir_below_a_file_is_a_one_line_os_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert_one_line_error(_quantize(DIGITS, blocker / "out", "--bits", "W8A8"), str(blocker / "out"))
+    assert blocker.read_text() == "not a directory"
+
+
+def test_output_dir_that_is_a_file_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert_one_line_error(_quantize(DIGITS, blocker, "--bits", "W8A8"), str(blocker))
+
+
+def test_output_dir_that_is_a_file_is_rejected_before_anything_is_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = _quantize(DIGITS, blocker, "--bits", "W8A8")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert blocker.read_text() == "not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_groups_lists_the_seven_digits_groups():
+    result = _invoke("groups", DIGITS, "--profile", "npu")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "7 groups on profile npu"
+    listed = [line[2:].split("  [")[0] for line in lines if line.startswith("- ") and "  [" in line]
+    assert listed == GROUP_IDS
+    assert "0 ops left in float" in lines
+    assert result.stderr == ""
+
+
+def test_quantize_bits_w8a8_writes_the_model(tmp_path):
+    out = tmp_path / "out"
+    result = _quantize(DIGITS, out, "--bits", "W8A8")
+    assert result.exit_code == 0, result.output
+    assert (out / "model.qdq.onnx").is_file()
+    onnx.checker.check_model(onnx.load(str(out / "model.qdq.onnx")))
+    assert "relative BOPs     0.5000" in result.stdout.splitlines()
+    assert "groups            1x A8, 6x W8A8" in result.stdout.splitlines()
+    assert result.stderr == ""
