@@ -19,7 +19,7 @@ import numpy as np
 from onnxmp import calib_data, pipeline, runtime
 from onnxmp.calib_data import Preprocess
 from onnxmp.errors import CalibrationError, OnnxmpError
-from onnxmp.records import RangeMethod, SearchMethod
+from onnxmp.records import ExecutorKind, RangeMethod, SearchMethod
 
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -164,6 +164,11 @@ def _run_options(command):
         click.option("--range-method", type=click.Choice([m.value for m in RangeMethod]), default="mse", show_default=True),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--executor", type=click.Choice([e.value for e in ExecutorKind]), default="local",
+                     show_default=True, help="Where phase 1 runs: this process, worker processes, or Ray."),
+        click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="Worker processes / Ray tasks for phase 1."),
+        click.option("--ray-address", default=None, help="Ray cluster address (default: start a local one)."),
         click.option("--encodings-version", type=click.Choice(["1.0.0", "0.6.1"]), default="1.0.0", show_default=True,
                      help="AIMET encodings format of out/encodings.json."),
     ]):
@@ -180,7 +185,8 @@ def _run(require_stored: bool, **kw) -> None:
     model, calib = _load_calib(kw["model_path"], kw["calib"], kw["calib_images"], kw["preprocess"], kw["num_calib"])
     settings = pipeline.Settings(
         range_method=RangeMethod(kw["range_method"]), batch_size=kw["batch_size"], seed=kw["seed"],
-        search=SearchMethod(kw["search"]),
+        search=SearchMethod(kw["search"]), executor=ExecutorKind(kw["executor"]), workers=kw["workers"],
+        ray_address=kw["ray_address"],
     )
     result = pipeline.quantize(
         model, profile=kw["profile"], calib=calib, output_dir=output_dir, bits=kw["bits"],

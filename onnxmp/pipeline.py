@@ -6,6 +6,7 @@ its own. Each step takes records and returns records.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from onnxmp.errors import BudgetError, EncodingsError, OnnxmpError, PassError
 from onnxmp.hw_profile import HwProfile, load_profile
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
+from onnxmp.passes.executors import run_in_processes, run_on_ray
 from onnxmp.passes.insert_qdq import (
     Quantizers,
     WeightStorage,
@@ -33,6 +35,7 @@ from onnxmp.passes.search import STRATEGIES, SearchMethod, select_by_bops, selec
 from onnxmp.passes.sensitivity import measure, reference_outputs, sensitivity
 from onnxmp.records import (
     Candidate,
+    ExecutorKind,
     GroupAnalysis,
     ParetoCurve,
     ParetoPoint,
@@ -52,13 +55,26 @@ STORE_NAME = "phase1.jsonl"
 
 @dataclass(frozen=True)
 class Settings:
-    """How a run measures; part of the phase-1 store key."""
+    """How a run measures. Range method and batch size are part of the phase-1 store key;
+    the executor is not (every executor gives identical results)."""
 
     range_method: RangeMethod = RangeMethod.MSE
     batch_size: int = 64
     seed: int = 0
     strategy: str = "greedy"
     search: SearchMethod = SearchMethod.HYBRID
+    executor: ExecutorKind = ExecutorKind.LOCAL
+    workers: int = 2
+    ray_address: str | None = None
+
+
+def phase1_executor(settings: Settings):
+    """The executor callable and the number of jobs to split phase 1 into."""
+    if settings.executor is ExecutorKind.PROCESSES:
+        return functools.partial(run_in_processes, workers=settings.workers), settings.workers
+    if settings.executor is ExecutorKind.RAY:
+        return functools.partial(run_on_ray, address=settings.ray_address), settings.workers
+    return None, 1
 
 
 @dataclass(frozen=True)
@@ -199,9 +215,10 @@ def search_point(
         missing = _missing_phase1(prepared.analysis, store)
         if missing:
             raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run `onnxmp quantize` first")
+    executor, jobs = phase1_executor(settings)
     table = sensitivity(
         prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=settings.batch_size,
-        progress=progress, quantize_bias=prepared.profile.quantize_bias,
+        progress=progress, quantize_bias=prepared.profile.quantize_bias, executor=executor, jobs=jobs,
     )
     timings["phase1_s"] = time.perf_counter() - start
     start = time.perf_counter()

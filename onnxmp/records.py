@@ -28,6 +28,14 @@ class SearchMethod(enum.Enum):
     HYBRID = "hybrid"
 
 
+class ExecutorKind(enum.Enum):
+    """Where phase-1 evaluations run."""
+
+    LOCAL = "local"  # this process
+    PROCESSES = "processes"  # local worker processes
+    RAY = "ray"  # Ray tasks on an existing or a local cluster
+
+
 class RangeMethod(enum.Enum):
     """How a quantizer's clipping range is chosen from calibration statistics."""
 

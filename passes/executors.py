@@ -39,7 +39,9 @@ def run_on_ray(jobs: Sequence[Phase1Job], consume: Callable[[dict], None], *, ad
         raise OnnxmpError("--executor ray needs Ray: pip install 'onnxmp[ray]'") from e
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        host = (address or "").rsplit(":", 1)[0]
+        loopback = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **loopback)
     try:
         remote = ray.remote(_run_to_list)
         pending = [remote.remote(job) for job in jobs]

@@ -275,7 +275,10 @@ class FrontierCache:
         nodes = producing_nodes(self._index, wanted, set(self._values))
         inputs = frontier(self._index, nodes)
         segment = subgraph(self._model, self._index, nodes, inputs, wanted)
-        sess = runtime.session(segment, threads=self._threads)
+        # basic optimizations compute every node the same whatever the segment's shape, so
+        # frontier values do not depend on how phase 1 was split into jobs (layout rewrites
+        # at "all" pick conv kernels by neighbourhood and would move the last bits)
+        sess = runtime.session(segment, threads=self._threads, optimization="basic")
         count = len(next(iter(self._values.values())))
         parts: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
         for start in range(0, count, self._batch_size):
