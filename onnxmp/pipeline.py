@@ -69,12 +69,13 @@ class Settings:
 
 
 def phase1_executor(settings: Settings):
-    """The executor callable and the number of jobs to split phase 1 into."""
+    """The executor callable, the number of jobs to split phase 1 into, and threads per job."""
     if settings.executor is ExecutorKind.PROCESSES:
-        return functools.partial(run_in_processes, workers=settings.workers), settings.workers
+        threads = max(1, runtime.default_threads() // settings.workers)
+        return functools.partial(run_in_processes, workers=settings.workers), settings.workers, threads
     if settings.executor is ExecutorKind.RAY:
-        return functools.partial(run_on_ray, address=settings.ray_address), settings.workers
-    return None, 1
+        return functools.partial(run_on_ray, address=settings.ray_address), settings.workers, None
+    return None, 1, None
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,11 @@ def search_point(
         missing = _missing_phase1(prepared.analysis, store)
         if missing:
             raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run `onnxmp quantize` first")
-    executor, jobs = phase1_executor(settings)
+    executor, jobs, threads = phase1_executor(settings)
     table = sensitivity(
         prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=settings.batch_size,
         progress=progress, quantize_bias=prepared.profile.quantize_bias, executor=executor, jobs=jobs,
+        threads=threads,
     )
     timings["phase1_s"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -114,6 +114,7 @@ def sensitivity(
     quantize_bias: bool = False,
     executor: Executor | None = None,
     jobs: int = 1,
+    threads: int | None = None,
 ) -> SensitivityTable:
     """SQNR (dB) of every (group, candidate); finished entries are read back from `store`.
 
@@ -134,7 +135,7 @@ def sensitivity(
 
     if pending:
         work = split_jobs(model, analysis, encodings, calib, pending, batch_size=batch_size,
-                          quantize_bias=quantize_bias, jobs=jobs)
+                          quantize_bias=quantize_bias, jobs=jobs, threads=threads)
         (executor or run_jobs_here)(work, consume)
     missing = [t for t in tasks if t not in done]
     if missing:
@@ -154,6 +155,7 @@ def split_jobs(
     batch_size: int,
     quantize_bias: bool,
     jobs: int,
+    threads: int | None = None,
 ) -> list[Phase1Job]:
     """Pending groups in network order, cut into at most `jobs` runs of similar size."""
     index = build(model)
@@ -166,7 +168,7 @@ def split_jobs(
         Phase1Job(
             model=serialized, groups=tuple(chunk), anchors=dict(analysis.anchors), encodings=dict(encodings),
             inputs=dict(calib.arrays), reference=reference, pending=pending, batch_size=batch_size,
-            quantize_bias=quantize_bias,
+            quantize_bias=quantize_bias, threads=threads,
         )
         for chunk in chunks if chunk
     ]
