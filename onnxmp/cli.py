@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from onnxmp import apply as apply_step
 from onnxmp import calib_data, pipeline, runtime
 from onnxmp.calib_data import Preprocess
 from onnxmp.errors import CalibrationError, OnnxmpError
@@ -250,7 +251,7 @@ def search(**kw) -> None:
 def apply(model_path: str, encodings_path: str, output_dir: str, seed: int, verbose: int, debug: bool) -> None:
     """Build the QDQ model of MODEL_PATH from an encodings file."""
     _setup_logging(verbose, debug)
-    path, unknown = pipeline.apply_encodings(model_path, encodings_path, _output_dir(output_dir), verify=debug)
+    path, unknown = apply_step.apply_encodings(model_path, encodings_path, _output_dir(output_dir), verify=debug)
     if unknown:
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         click.echo(f"onnxmp: {len(unknown)} encodings name tensors this model does not have: {shown}", err=True)

@@ -163,3 +163,21 @@ def _from_v061(name: str, entries: list[Mapping]) -> TensorEncoding:
     scales = [e["scale"] for e in entries]
     offsets = [int(e["offset"]) for e in entries]
     return _from_aimet(name, entries[0]["bitwidth"], symmetric, scales, offsets, per_channel=len(entries) > 1)
+
+
+def user_named(
+    original: onnx.ModelProto,
+    canonical: onnx.ModelProto,
+    params: Mapping[str, TensorEncoding],
+    activations: Mapping[str, TensorEncoding],
+) -> tuple[EncodingSet, dict[str, str]]:
+    """Encodings named by the user's tensors, and {canonical name: reason} for those without one."""
+    names = original_names(original, canonical)
+    absent = {
+        name: "created by canonicalization and has no counterpart in the original model"
+        for name in (*params, *activations) if name not in names
+    }
+    return EncodingSet(
+        params={names[n]: e for n, e in params.items() if n in names},
+        activations={names[n]: e for n, e in activations.items() if n in names},
+    ), absent

@@ -72,40 +72,41 @@ def save(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write `model` atomically: a temporary file in the destination folder, then os.replace.
 
     Models over the 2 GB protobuf limit are saved with their weights as external data
-    next to the model (`<name>.data`), also written before the final rename.
+    next to the model (`<name>.data`), written before the final rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         if model.ByteSize() >= _PROTOBUF_LIMIT:
             onnx.save_model(
                 model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                 location=f"{path.name}.data", size_threshold=1024,
             )
         else:
-            with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+            _write_synced(tmp, model.SerializeToString())
+
+    return _atomically(path, write)
 
 
 def write_text(text: str, path: str | Path) -> Path:
     """Write a text file atomically (same rule as `save`)."""
-    path = Path(path)
+    return _atomically(Path(path), lambda tmp: _write_synced(tmp, text.encode()))
+
+
+def _write_synced(tmp: str, data: bytes) -> None:
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomically(path: Path, write) -> Path:
+    """Run `write(tmp)` on a temporary file beside `path`, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

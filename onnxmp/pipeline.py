@@ -18,13 +18,12 @@ import onnx
 from onnxmp import bops, calib_data, graph, model_io, runtime
 from onnxmp import encodings as encodings_format
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.errors import BudgetError, EncodingsError, OnnxmpError, PassError
+from onnxmp.errors import BudgetError, OnnxmpError, PassError
 from onnxmp.hw_profile import HwProfile, load_profile
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.executors import run_in_processes, run_on_ray
 from onnxmp.passes.insert_qdq import (
-    Quantizers,
     WeightStorage,
     insert_qdq,
     insert_quantizers,
@@ -371,61 +370,11 @@ def emit(prepared: Prepared, plan: Plan, encodings, output_dir: Path, **facts) -
     )
     qdq = insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER)
     paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}
-    user_set, absent = user_encodings(prepared.original, prepared.model, chosen)
+    user_set, absent = encodings_format.user_named(
+        prepared.original, prepared.model, {**chosen.weights, **chosen.biases}, chosen.activations
+    )
     paths["encodings"] = model_io.write_text(
         encodings_format.to_json(user_set, version=facts.pop("encodings_version", "1.0.0")), output_dir / "encodings.json"
     )
     paths.update(report.write_all(prepared, plan, output_dir, absent=absent, **facts))
     return paths
-
-
-def user_encodings(original: onnx.ModelProto, canonical: onnx.ModelProto, chosen: Quantizers):
-    """Encodings named by the user's tensors, and {canonical name: reason} for those without one."""
-    names = encodings_format.original_names(original, canonical)
-    params = {**chosen.weights, **chosen.biases}
-    absent = {
-        name: "created by canonicalization (e.g. the bias of a BatchNorm folded into a Conv without one)"
-        for name in (*params, *chosen.activations) if name not in names
-    }
-    return encodings_format.EncodingSet(
-        params={names[n]: e for n, e in params.items() if n in names},
-        activations={names[n]: e for n, e in chosen.activations.items() if n in names},
-    ), absent
-
-
-def apply_encodings(
-    model: str | Path | onnx.ModelProto, encodings_path: str | Path, output_dir: str | Path, *, verify: bool = False
-) -> tuple[Path, tuple[str, ...]]:
-    """Build the QDQ model of `model` from an AIMET encodings file (ours or AIMET's).
-
-    Returns the model path and the names in the file that the model does not have.
-    """
-    from onnxmp.passes.calibrate import weight_axis
-
-    original = model if isinstance(model, onnx.ModelProto) else model_io.load(model)
-    canonical = run_passes(original, CANONICALIZE, verify=verify)
-    index = graph.build(canonical)
-    path = Path(encodings_path)
-    try:
-        loaded = encodings_format.from_json(path.read_text(), where=str(path))
-    except OSError as e:
-        raise EncodingsError(f"{path}: cannot read: {e.strerror}") from e
-    to_canonical = {user: canon for canon, user in encodings_format.original_names(original, canonical).items()}
-    unknown = tuple(sorted(n for n in (*loaded.params, *loaded.activations) if n not in to_canonical))
-    weights, biases, activations = {}, {}, {}
-    for user, enc in loaded.params.items():
-        if user not in to_canonical:
-            continue
-        name = to_canonical[user]
-        axis = (weight_axis(index, name) if enc.bits < 32 else 0) if enc.axis is not None else None
-        channels = index.shapes.get(name, ())[axis] if axis is not None and axis < len(index.shapes.get(name, ())) else 1
-        if len(enc.scale) != (channels if axis is not None else 1):
-            raise EncodingsError(f"{path}: {user}: {len(enc.scale)} scales, the tensor has {channels} channels")
-        (biases if enc.bits > 16 else weights)[name] = replace(enc, name=name, axis=axis)
-    for user, enc in loaded.activations.items():
-        if user in to_canonical:
-            activations[to_canonical[user]] = replace(enc, name=to_canonical[user])
-    if not (weights or activations):
-        raise EncodingsError(f"{path}: no tensor named in the file exists in the model")
-    qdq = insert_quantizers(canonical, Quantizers(weights, activations, biases), weights=WeightStorage.INTEGER)
-    return model_io.save(qdq, Path(output_dir) / "model.qdq.onnx"), unknown

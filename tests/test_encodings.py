@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 import onnxmp
-from onnxmp import encodings, pipeline, runtime
+from onnxmp import apply, encodings, runtime
 from onnxmp.cli import main
 from onnxmp.errors import EncodingsError
 from onnxmp.records import TensorEncoding
@@ -325,7 +325,7 @@ def test_apply_reproduces_the_emitted_model(digits_runs, tmp_path, budget, versi
     out = digits_runs(budget, version)
     text = (out / "encodings.json").read_text()
     assert json.loads(text)["version"] == version
-    path, unknown = pipeline.apply_encodings(DIGITS, out / "encodings.json", tmp_path)
+    path, unknown = apply.apply_encodings(DIGITS, out / "encodings.json", tmp_path)
     assert unknown == ()
     assert path == tmp_path / "model.qdq.onnx"
     images = _digits_images()
@@ -351,7 +351,7 @@ def test_apply_puts_the_gemm_axis_back(tmp_path):
     model = builders.gemm_bn(trans_b=False)
     calib = {"x": np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)}
     result = onnxmp.quantize(model, profile="npu", calib=calib, output_dir=tmp_path / "q", bits="W8A8")
-    path, unknown = pipeline.apply_encodings(model, result.paths["encodings"], tmp_path / "a")
+    path, unknown = apply.apply_encodings(model, result.paths["encodings"], tmp_path / "a")
     assert unknown == ()
     applied = onnx.load(str(path))
     axes = [a.i for n in applied.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
@@ -373,7 +373,7 @@ def _aimet_style_file(out: Path, tmp_path: Path) -> Path:
 
 def test_unknown_tensors_are_returned_and_the_known_ones_applied(digits_runs, tmp_path):
     out = digits_runs("W8A8", "0.6.1")
-    path, unknown = pipeline.apply_encodings(DIGITS, _aimet_style_file(out, tmp_path), tmp_path / "applied")
+    path, unknown = apply.apply_encodings(DIGITS, _aimet_style_file(out, tmp_path), tmp_path / "applied")
     assert unknown == ("head.weight", "head/softmax_out")
     images = _digits_images()
     assert np.array_equal(_outputs(path, images), _outputs(out / "model.qdq.onnx", images))
@@ -400,7 +400,7 @@ def _file_naming_nothing(tmp_path: Path) -> Path:
 def test_file_naming_no_tensor_of_the_model_is_an_encodings_error(tmp_path):
     path = _file_naming_nothing(tmp_path)
     with pytest.raises(EncodingsError, match="no tensor named in the file exists in the model"):
-        pipeline.apply_encodings(DIGITS, path, tmp_path / "applied")
+        apply.apply_encodings(DIGITS, path, tmp_path / "applied")
     assert not (tmp_path / "applied" / "model.qdq.onnx").exists()
 
 
@@ -422,4 +422,4 @@ def test_wrong_channel_count_is_an_encodings_error(digits_runs, tmp_path):
     path = tmp_path / "bad.encodings"
     path.write_text(json.dumps(data))
     with pytest.raises(EncodingsError, match="fc2.weight"):
-        pipeline.apply_encodings(DIGITS, path, tmp_path / "applied")
+        apply.apply_encodings(DIGITS, path, tmp_path / "applied")

@@ -25,6 +25,7 @@ NAMED_LAYERS = {
     "onnxmp.errors": BASE,
     **{f"onnxmp.{m}": SERVICES for m in ("quant_math", "bops", "graph", "hw_profile", "model_io", "runtime", "calib_data", "store")},
     "onnxmp.pipeline": PIPELINE,
+    "onnxmp.apply": PIPELINE,
     "onnxmp.cli": CLI,
     "onnxmp": PIPELINE,
 }
