@@ -31,6 +31,7 @@ from onnxmp.passes.insert_qdq import (
 )
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.passes.search import STRATEGIES, SearchMethod, select_by_bops, select_by_target
+from onnxmp.passes.search.greedy import predicted_sqnr_db
 from onnxmp.passes.sensitivity import measure, reference_outputs, sensitivity
 from onnxmp.records import (
     Candidate,
@@ -120,6 +121,7 @@ class Result:
     sensitivity: SensitivityTable | None
     paths: Mapping[str, Path]
     timings: Mapping[str, float] = field(default_factory=dict)
+    float_score: float | None = None  # evaluate(float model), for --max-drop runs
 
 
 def run_passes(model: onnx.ModelProto, passes, *, verify: bool = False) -> onnx.ModelProto:
@@ -177,8 +179,7 @@ def homogeneous_plan(analysis: GroupAnalysis, bits: Candidate, profile: HwProfil
 
 
 def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> ParetoPoint:
-    from onnxmp.passes.search.greedy import predicted_sqnr_db
-
+    """The curve record of any plan: relative BOPs and (with a table) predicted SQNR."""
     rel = bops.relative_bops(plan, prepared.group_bops, prepared.reference_bops)
     predicted = predicted_sqnr_db(plan, table) if table is not None else float("nan")
     return ParetoPoint(rel, predicted, plan)
@@ -196,6 +197,17 @@ def measured_sqnr(prepared: Prepared, plan: Plan, encodings, calib: CalibrationS
     return measure(simulate(prepared, plan, encodings), calib, reference, batch_size=batch_size).sqnr_db
 
 
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Phase 1, phase 2 and the selection: the curve (with what was measured) and the choice."""
+
+    curve: ParetoCurve
+    selection: Selection
+    table: SensitivityTable
+    timings: Mapping[str, float]
+    baseline_score: float | None = None
+
+
 def search_point(
     prepared: Prepared,
     encodings: Mapping[tuple[str, int], TensorEncoding],
@@ -207,7 +219,7 @@ def search_point(
     evaluate: Evaluate | None,
     progress=None,
     require_stored: bool = False,
-) -> tuple[ParetoCurve, Selection, SensitivityTable, dict[str, float]]:
+) -> SearchOutcome:
     """Phase 1 (resumable), phase 2, and selection of the point that meets `budget`."""
     timings = {}
     start = time.perf_counter()
@@ -225,33 +237,40 @@ def search_point(
     start = time.perf_counter()
     curve = STRATEGIES[settings.strategy](table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
     timings["phase2_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    outcome = _select(prepared, encodings, calib, curve, budget, settings=settings, evaluate=evaluate)
+    timings["search_s"] = time.perf_counter() - start
+    return replace(outcome, table=table, timings=timings)
+
+
+def _select(prepared, encodings, calib, curve: ParetoCurve, budget: Budget, *, settings: Settings, evaluate):
+    """Pick the point for `budget`; measure its true SQNR (and accuracy where evaluated)."""
     reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)
     measured: dict[int, float] = {}
+    scores: dict[int, float] = {}
+    baseline = None
+
+    def sqnr_at(i: int) -> float:
+        if i not in measured:
+            measured[i] = measured_sqnr(prepared, curve[i].plan, encodings, calib, reference, settings.batch_size)
+        return measured[i]
+
+    def score_at(i: int) -> float:
+        scores[i] = evaluate(simulate(prepared, curve[i].plan, encodings))
+        return scores[i]
+
     if budget.target_bops is not None:
         selection = select_by_bops(curve, budget.target_bops)
     elif budget.min_sqnr_db is not None:
-        def sqnr_at(i: int) -> float:
-            measured[i] = measured_sqnr(prepared, curve[i].plan, encodings, calib, reference, settings.batch_size)
-            return measured[i]
         selection = select_by_target(curve, sqnr_at, budget.min_sqnr_db, method=settings.search, what="SQNR (dB)")
     else:
         baseline = evaluate(prepared.model)
-        scores: dict[int, float] = {}
-
-        def score_at(i: int) -> float:
-            scores[i] = evaluate(simulate(prepared, curve[i].plan, encodings))
-            return scores[i]
-
         selection = select_by_target(curve, score_at, baseline - budget.max_drop, method=settings.search, what="accuracy")
-        curve = tuple(replace(p, accuracy=scores.get(i)) for i, p in enumerate(curve))
-        timings["float_accuracy"] = baseline
-    index = selection.index
-    if index not in measured:
-        measured[index] = measured_sqnr(prepared, curve[index].plan, encodings, calib, reference, settings.batch_size)
-    curve = tuple(replace(p, measured_sqnr_db=measured.get(i, p.measured_sqnr_db)) for i, p in enumerate(curve))
-    selection = replace(selection, point=curve[index])
-    timings["search_s"] = time.perf_counter() - start
-    return curve, selection, table, timings
+    sqnr_at(selection.index)
+    curve = tuple(
+        replace(p, measured_sqnr_db=measured.get(i), accuracy=scores.get(i)) for i, p in enumerate(curve)
+    )
+    return SearchOutcome(curve, replace(selection, point=curve[selection.index]), None, {}, baseline)
 
 
 def _missing_phase1(analysis: GroupAnalysis, store: ResultStore) -> int:
@@ -330,7 +349,7 @@ def quantize(
         method=settings.range_method, batch_size=settings.batch_size,
     )
     timings["calibrate_s"] = time.perf_counter() - start
-    table, selection = None, None
+    table, selection, float_score = None, None, None
     if bits is not None:
         plan = homogeneous_plan(prepared.analysis, bits, profile)
         reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)
@@ -341,17 +360,19 @@ def quantize(
         curve: ParetoCurve = (point,)
     else:
         store = open_store(output_dir, prepared, settings)
-        curve, selection, table, search_timings = search_point(
+        outcome = search_point(
             prepared, encodings, calib, budget, settings=settings, store=store,
             evaluate=evaluate, progress=progress, require_stored=require_stored,
         )
-        timings.update(search_timings)
+        curve, selection, table = outcome.curve, outcome.selection, outcome.table
+        float_score = outcome.baseline_score
+        timings.update(outcome.timings)
         plan, point = selection.point.plan, selection.point
     paths = emit(
         prepared, plan, encodings, output_dir, point=point, curve=curve, table=table, selection=selection,
         timings=timings, encodings_version=encodings_version,
     )
-    return Result(plan, point, curve, selection, table, paths, timings)
+    return Result(plan, point, curve, selection, table, paths, timings, float_score)
 
 
 def _parse_bits(text: str) -> Candidate:

@@ -210,7 +210,7 @@ def _facts(prepared: Prepared, point: ParetoPoint, selection: Selection | None, 
 
 
 def _timing(name: str, value: float) -> tuple[str, str]:
-    """Keys ending in `_s` are seconds; others (float_accuracy) are scores."""
+    """Keys ending in `_s` are seconds; any other key is shown as a plain number."""
     if name.endswith("_s"):
         return f"time {name[:-2]}", f"{value:.3f} s"
     return name.replace("_", " "), f"{value:.4f}"

@@ -172,7 +172,7 @@ def test_max_drop_with_an_evaluation_function(bops_run, tmp_path):
         return _top1(model)
 
     result = _quantize(tmp_path, max_drop=1.0, evaluate=evaluate)
-    assert result.timings["float_accuracy"] == pytest.approx(99.8)  # 499 / 500, models/README.md
+    assert result.float_score == pytest.approx(99.8)  # 499 / 500, models/README.md
     assert result.point.accuracy >= 99.8 - 1.0
     assert len(calls) == 1 + result.selection.evaluations  # the float model, then the searched points
     assert result.point.bops_rel < 1.0
