@@ -32,7 +32,7 @@ from onnxmp.passes.insert_qdq import (
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.passes.search import STRATEGIES, SearchMethod, select_by_bops, select_by_target
 from onnxmp.passes.search.greedy import predicted_sqnr_db
-from onnxmp.passes.sensitivity import measure, reference_outputs, sensitivity
+from onnxmp.passes.sensitivity import STORE_KIND, measure, reference_outputs, sensitivity
 from onnxmp.records import (
     Candidate,
     ExecutorKind,
@@ -274,8 +274,6 @@ def _select(prepared, encodings, calib, curve: ParetoCurve, budget: Budget, *, s
 
 
 def _missing_phase1(analysis: GroupAnalysis, store: ResultStore) -> int:
-    from onnxmp.passes.sensitivity import STORE_KIND
-
     done = {(e["group"], e["candidate"]) for e in store.entries(STORE_KIND)}
     return sum((g.id, str(c)) not in done for g in analysis.groups for c in g.candidates)
 
