@@ -55,7 +55,9 @@ class FileEncoding:
 
 @dataclass(frozen=True)
 class Variant:
-    bn_fold: str  # "none", "aimet" (AIMET folds, file as written), "aimet-mapped" (BN names renamed)
+    bn_fold: (
+        str  # "none", "aimet" (AIMET folds, file as written), "aimet-mapped" (BN names renamed)
+    )
     tie: bool
 
     @property
@@ -74,14 +76,20 @@ def read_encodings(path: str) -> tuple[str, dict, dict[str, FileEncoding]]:
             items = raw[section].items()
             for name, per_channel in items:
                 entries[name] = FileEncoding(
-                    name, is_param, int(per_channel[0]["bitwidth"]),
-                    tuple(float(e["scale"]) for e in per_channel), tuple(int(e["offset"]) for e in per_channel),
+                    name,
+                    is_param,
+                    int(per_channel[0]["bitwidth"]),
+                    tuple(float(e["scale"]) for e in per_channel),
+                    tuple(int(e["offset"]) for e in per_channel),
                 )
         else:
             for e in raw[section]:
                 entries[e["name"]] = FileEncoding(
-                    e["name"], is_param, int(e["bw"]),
-                    tuple(float(s) for s in e["scale"]), tuple(int(o) for o in e["offset"]),
+                    e["name"],
+                    is_param,
+                    int(e["bw"]),
+                    tuple(float(s) for s in e["scale"]),
+                    tuple(int(o) for o in e["offset"]),
                 )
     return version, raw, entries
 
@@ -103,7 +111,9 @@ def session(model, level: ort.GraphOptimizationLevel) -> ort.InferenceSession:
 
 def run_session(sess, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
     n = len(next(iter(feeds.values())))
-    chunks = [sess.run(None, {k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
+    chunks = [
+        sess.run(None, {k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)
+    ]
     return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
 
 
@@ -118,7 +128,10 @@ def sqnr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
 
 
 def top1_agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return float(np.mean(a[0].reshape(len(a[0]), -1).argmax(1) == b[0].reshape(len(b[0]), -1).argmax(1)) * 100)
+    return float(
+        np.mean(a[0].reshape(len(a[0]), -1).argmax(1) == b[0].reshape(len(b[0]), -1).argmax(1))
+        * 100
+    )
 
 
 def default_bits(entries: dict[str, FileEncoding]) -> tuple[int, int]:
@@ -156,7 +169,9 @@ def bn_aliases(model: onnx.ModelProto) -> dict[str, str]:
         if conv is None or conv.op_type not in ("Conv", "ConvTranspose", "Gemm"):
             continue
         aliases[node.output[0]] = conv.output[0]
-        aliases[node.input[2]] = conv.input[2] if len(conv.input) > 2 and conv.input[2] else conv.name + ".bias"
+        aliases[node.input[2]] = (
+            conv.input[2] if len(conv.input) > 2 and conv.input[2] else conv.name + ".bias"
+        )
     return aliases
 
 
@@ -166,8 +181,11 @@ def build_sim(model: onnx.ModelProto, variant: Variant, bits: tuple[int, int]):
         fold_all_batch_norms_to_weight(model)
     with quantsim._apply_constraints(variant.tie):  # pylint: disable=protected-access
         return quantsim.QuantizationSimModel(
-            model, param_type=f"int{bits[0]}", activation_type=f"int{bits[1]}",
-            quant_scheme="min_max", config_file="default",
+            model,
+            param_type=f"int{bits[0]}",
+            activation_type=f"int{bits[1]}",
+            quant_scheme="min_max",
+            config_file="default",
             session_options_kwargs={"intra_op_num_threads": 2},
         )
 
@@ -179,17 +197,28 @@ def renamed_file(raw: dict, version: str, drop: set[str], rename: dict[str, str]
         if version == "0.6.1":
             out[section] = {rename.get(k, k): v for k, v in out[section].items() if k not in drop}
         else:
-            out[section] = [e | {"name": rename.get(e["name"], e["name"])} for e in out[section] if e["name"] not in drop]
+            out[section] = [
+                e | {"name": rename.get(e["name"], e["name"])}
+                for e in out[section]
+                if e["name"] not in drop
+            ]
     return out
 
 
-def renamed_entries(entries: dict[str, FileEncoding], rename: dict[str, str]) -> dict[str, FileEncoding]:
-    return {rename.get(k, k): FileEncoding(rename.get(k, k), e.is_param, e.bits, e.scales, e.offsets) for k, e in entries.items()}
+def renamed_entries(
+    entries: dict[str, FileEncoding], rename: dict[str, str]
+) -> dict[str, FileEncoding]:
+    return {
+        rename.get(k, k): FileEncoding(rename.get(k, k), e.is_param, e.bits, e.scales, e.offsets)
+        for k, e in entries.items()
+    }
 
 
 def raw_names(raw: dict, version: str) -> list[str]:
     sections = (raw["param_encodings"], raw["activation_encodings"])
-    return [n for sec in sections for n in (sec if version == "0.6.1" else [e["name"] for e in sec])]
+    return [
+        n for sec in sections for n in (sec if version == "0.6.1" else [e["name"] for e in sec])
+    ]
 
 
 def quantizer_state(q) -> tuple[int, tuple[float, ...], tuple[int, ...]] | None:
@@ -204,16 +233,22 @@ def matches(e: FileEncoding, state) -> bool:
         return False
     bits, scales, offsets = state
     return (
-        bits == e.bits and len(scales) == len(e.scales)
-        and np.allclose(scales, e.scales, rtol=1e-5, atol=0) and offsets == e.offsets
+        bits == e.bits
+        and len(scales) == len(e.scales)
+        and np.allclose(scales, e.scales, rtol=1e-5, atol=0)
+        and offsets == e.offsets
     )
 
 
-def audit(sim, entries: dict[str, FileEncoding], not_in_model: set[str], enabled_before: set[str]) -> dict[str, list[str]]:
+def audit(
+    sim, entries: dict[str, FileEncoding], not_in_model: set[str], enabled_before: set[str]
+) -> dict[str, list[str]]:
     """Reason -> tensor names: encodings AIMET did not apply as written, and extra AIMET quantizers."""
     found = collections.defaultdict(list)
     for name in sorted(not_in_model):
-        found["REJECTED: tensor not in this model (dropped before load_encodings_to_sim)"].append(name)
+        found["REJECTED: tensor not in this model (dropped before load_encodings_to_sim)"].append(
+            name
+        )
     qdict = sim.qc_quantize_op_dict
     names_of = collections.defaultdict(list)
     for name, q in qdict.items():
@@ -226,21 +261,29 @@ def audit(sim, entries: dict[str, FileEncoding], not_in_model: set[str], enabled
             continue
         tied = [n for n in names_of[id(qdict[name])] if n != name]
         if state is None and e.bits >= 32:
-            found["ignored: int32 bias encoding; AIMET disables bias quantizers >= 32 bit after loading"].append(name)
+            found[
+                "ignored: int32 bias encoding; AIMET disables bias quantizers >= 32 bit after loading"
+            ].append(name)
         elif state is None:
             found["disabled by AIMET after loading"].append(name)
         elif tied:
             winner = [n for n in tied if n in entries and matches(entries[n], state)]
-            found[f"OVERWRITTEN: AIMET ties {sorted([name] + tied)} into one quantizer, which keeps the encoding of {winner}"].append(name)
+            found[
+                f"OVERWRITTEN: AIMET ties {sorted([name] + tied)} into one quantizer, which keeps the encoding of {winner}"
+            ].append(name)
         else:
-            found[f"CHANGED: sim holds bw={state[0]} scale[0]={state[1][0]:.6g} offset[0]={state[2][0]}"].append(name)
+            found[
+                f"CHANGED: sim holds bw={state[0]} scale[0]={state[1][0]:.6g} offset[0]={state[2][0]}"
+            ].append(name)
     for name in sorted(enabled_before - entries.keys()):
         now = quantizer_state(qdict[name])
         if now is None:
             found["AIMET quantizes by default, file lacks -> disabled by the load"].append(name)
         else:
             tied = [n for n in names_of[id(qdict[name])] if n != name]
-            found[f"AIMET quantizes by default, file lacks -> STILL QUANTIZED through its tie with {tied}"].append(name)
+            found[
+                f"AIMET quantizes by default, file lacks -> STILL QUANTIZED through its tie with {tied}"
+            ].append(name)
     return found
 
 
@@ -248,7 +291,11 @@ def print_audit(found: dict[str, list[str]], entries: dict[str, FileEncoding], l
     not_applied = sum(len(v) for k, v in found.items() if not k.startswith("AIMET quantizes"))
     print(f"   encodings applied exactly as written: {len(entries) - not_applied}/{len(entries)}")
     for reason, names in found.items():
-        shown = names if limit <= 0 or len(names) <= limit else names[:limit] + [f"... ({len(names) - limit} more)"]
+        shown = (
+            names
+            if limit <= 0 or len(names) <= limit
+            else names[:limit] + [f"... ({len(names) - limit} more)"]
+        )
         print(f"   - {reason}: {len(names)}: {', '.join(shown)}")
 
 
@@ -263,27 +310,40 @@ def check_variant(model, variant, raw, version, entries, feeds, ours, floats, ba
     if variant.bn_fold == "none":
         for weight, bn in bn_followed_weights(model).items():
             if weight in entries:
-                print(f"   note: {weight} feeds BatchNormalization {bn} in this model; the file's scales are "
-                      f"those of the BN-folded weight, applied here to the unfolded one")
+                print(
+                    f"   note: {weight} feeds BatchNormalization {bn} in this model; the file's scales are "
+                    f"those of the BN-folded weight, applied here to the unfolded one"
+                )
     enabled_before = {n for n, q in sim.qc_quantize_op_dict.items() if q.enabled}
     products = sim.connected_graph.get_all_products()
     not_in_model = {n for n in entries if n not in sim.qc_quantize_op_dict and n not in products}
-    to_load = renamed_file(raw, version, {k for k in raw_names(raw, version) if rename.get(k, k) in not_in_model}, rename)
+    to_load = renamed_file(
+        raw,
+        version,
+        {k for k in raw_names(raw, version) if rename.get(k, k) in not_in_model},
+        rename,
+    )
     mismatches = quantsim.load_encodings_to_sim(sim, to_load, strict=False)
     aimet = run_session(sim.session, feeds, batch)
-    print(f"   sim quantizers: {len(sim.qc_quantize_op_dict)} ({len(enabled_before)} enabled by AIMET's default config); "
-          f"settings mismatches reported by load_encodings_to_sim: {len(mismatches)}")
+    print(
+        f"   sim quantizers: {len(sim.qc_quantize_op_dict)} ({len(enabled_before)} enabled by AIMET's default config); "
+        f"settings mismatches reported by load_encodings_to_sim: {len(mismatches)}"
+    )
     print_audit(audit(sim, entries, not_in_model, enabled_before), entries, limit)
     print_scores("AIMET-sim", aimet, ours, floats)
 
 
 def print_scores(label: str, theirs, ours: dict[str, list[np.ndarray]], floats) -> None:
     fq, fused = ours["fake-quant"], ours["ORT int kernels"]
-    print(f"   SQNR {label} vs onnxmp QDQ: {sqnr_db(fq, theirs):.2f} dB (QDQ as fake-quant, ORT optimizations off), "
-          f"{sqnr_db(fused, theirs):.2f} dB (ORT_ENABLE_ALL: QDQ fused into integer kernels); "
-          f"top-1 agreement {top1_agreement(fq, theirs):.1f} %")
-    print(f"   SQNR vs float: {label} {sqnr_db(floats, theirs):.2f} dB; onnxmp QDQ {sqnr_db(floats, fq):.2f} dB "
-          f"(fake-quant), {sqnr_db(floats, fused):.2f} dB (ORT_ENABLE_ALL)")
+    print(
+        f"   SQNR {label} vs onnxmp QDQ: {sqnr_db(fq, theirs):.2f} dB (QDQ as fake-quant, ORT optimizations off), "
+        f"{sqnr_db(fused, theirs):.2f} dB (ORT_ENABLE_ALL: QDQ fused into integer kernels); "
+        f"top-1 agreement {top1_agreement(fq, theirs):.1f} %"
+    )
+    print(
+        f"   SQNR vs float: {label} {sqnr_db(floats, theirs):.2f} dB; onnxmp QDQ {sqnr_db(floats, fq):.2f} dB "
+        f"(fake-quant), {sqnr_db(floats, fused):.2f} dB (ORT_ENABLE_ALL)"
+    )
 
 
 def check_direct_qdq(model, raw, feeds, ours, floats, batch) -> None:
@@ -319,14 +379,23 @@ def main() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
     model = onnx.load(args.model)
     feeds = {k: v[: args.num_samples] for k, v in np.load(args.calib).items()}
-    levels = {"fake-quant": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "ORT int kernels": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    ours = {k: run_session(session(args.qdq, level), feeds, args.batch_size) for k, level in levels.items()}
-    floats = run_session(session(args.model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL), feeds, args.batch_size)
+    levels = {
+        "fake-quant": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "ORT int kernels": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    ours = {
+        k: run_session(session(args.qdq, level), feeds, args.batch_size)
+        for k, level in levels.items()
+    }
+    floats = run_session(
+        session(args.model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL), feeds, args.batch_size
+    )
     version, raw, entries = read_encodings(args.encodings)
     n_params = sum(e.is_param for e in entries.values())
-    print(f"aimet_onnx {aimet_onnx.__version__}; file version {version}: {n_params} param + "
-          f"{len(entries) - n_params} activation encodings; {len(next(iter(feeds.values())))} samples")
+    print(
+        f"aimet_onnx {aimet_onnx.__version__}; file version {version}: {n_params} param + "
+        f"{len(entries) - n_params} activation encodings; {len(next(iter(feeds.values())))} samples"
+    )
     print(f"AIMET format validation (_validate_encodings): {validate_format(raw, version)}")
     has_bn = any(n.op_type == "BatchNormalization" for n in model.graph.node)
     folds = ["none", "aimet", "aimet-mapped"] if args.bn_fold == "all" else [args.bn_fold]
@@ -336,7 +405,18 @@ def main() -> None:
     ties = {"on": [True], "off": [False], "both": [True, False]}[args.tie]
     for bn_fold in folds:
         for tie in ties:
-            check_variant(model, Variant(bn_fold, tie), raw, version, entries, feeds, ours, floats, args.batch_size, args.list)
+            check_variant(
+                model,
+                Variant(bn_fold, tie),
+                raw,
+                version,
+                entries,
+                feeds,
+                ours,
+                floats,
+                args.batch_size,
+                args.list,
+            )
     check_direct_qdq(model, raw, feeds, ours, floats, args.batch_size)
 
 
