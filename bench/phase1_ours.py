@@ -81,6 +81,7 @@ def main() -> None:
     prepared = dataclasses.replace(prepared, analysis=GroupAnalysis(groups, (), prepared.analysis.anchors))
     encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=profile)
     evaluations = sum(len(g.candidates) for g in groups)
+    before_phase1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if args.technique in ("naive", "ort-all"):
         naive = args.technique == "naive"
@@ -99,7 +100,7 @@ def main() -> None:
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({
         "technique": args.technique, "groups": len(groups), "evaluations": evaluations, "seconds": seconds,
-        "evals_per_s": evaluations / seconds, "peak_rss_mb": peak / 1024, "float_forward_s": forward,
+        "evals_per_s": evaluations / seconds, "peak_rss_mb": peak / 1024, "peak_rss_before_phase1_mb": before_phase1 / 1024, "float_forward_s": forward,
         "naive_cost_ratio": seconds / (evaluations * forward), "images": calib.num_samples,
     }))
 

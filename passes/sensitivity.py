@@ -282,9 +282,11 @@ class FrontierCache:
         # at "all" pick conv kernels by neighbourhood and would move the last bits)
         sess = runtime.session(segment, threads=self._threads, optimization="basic")
         count = len(next(iter(self._values.values())))
-        parts: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
+        filled: dict[str, np.ndarray] = {}
         for start in range(0, count, self._batch_size):
             feeds = {t: self._values[t][start : start + self._batch_size] for t in inputs}
             for name, value in zip(wanted, sess.run(list(wanted), feeds), strict=True):
-                parts[name].append(value)
-        self._values.update({name: np.concatenate(chunks) for name, chunks in parts.items()})
+                if name not in filled:  # written in place: no second copy while concatenating
+                    filled[name] = np.empty((count, *value.shape[1:]), value.dtype)
+                filled[name][start : start + len(value)] = value
+        self._values.update(filled)
