@@ -15,11 +15,12 @@ from pathlib import Path
 
 import onnx
 
-from onnxmp import bops, calib_data, graph, model_io, runtime
+from onnxmp import bops, graph, model_io, runtime
 from onnxmp import encodings as encodings_format
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import BudgetError, OnnxmpError, PassError
-from onnxmp.hw_profile import HwProfile, load_profile
+from onnxmp.hw_profile import HwProfile
+from onnxmp.inputs import load_inputs
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.executors import run_in_processes, run_on_ray
@@ -284,25 +285,18 @@ def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> Resu
         range_method=settings.range_method.value,
         batch_size=str(settings.batch_size),
         runtime=runtime.ort.__version__,
+        onnxmp=_version(),
     )
     return ResultStore(Path(output_dir) / STORE_NAME, key)
 
 
-def load_inputs(model: str | Path | onnx.ModelProto, profile: str | Path | HwProfile, calib) -> tuple[onnx.ModelProto, HwProfile, CalibrationSet]:
-    """Accept paths or loaded values for the three inputs of a run."""
-    if not isinstance(model, onnx.ModelProto):
-        model = model_io.load(model)
-    else:
-        model_io.validate(model)
-    if not isinstance(profile, HwProfile):
-        profile = load_profile(profile)
-    if isinstance(calib, CalibrationSet):
-        pass
-    elif isinstance(calib, Mapping):
-        calib = calib_data.validate(calib, calib_data.model_inputs(model), "calibration arrays")
-    else:
-        calib = calib_data.load_arrays(calib, model)
-    return model, profile, calib
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxmp")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def quantize(

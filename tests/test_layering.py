@@ -23,7 +23,7 @@ BASE, SERVICES, PASSES, PIPELINE, CLI = range(5)
 NAMED_LAYERS = {
     "onnxmp.records": BASE,
     "onnxmp.errors": BASE,
-    **{f"onnxmp.{m}": SERVICES for m in ("quant_math", "bops", "graph", "hw_profile", "model_io", "runtime", "calib_data", "store")},
+    **{f"onnxmp.{m}": SERVICES for m in ("quant_math", "bops", "graph", "hw_profile", "model_io", "runtime", "calib_data", "store", "inputs")},
     "onnxmp.pipeline": PIPELINE,
     "onnxmp.apply": PIPELINE,
     "onnxmp.cli": CLI,
