@@ -7,7 +7,7 @@ is quadratic (qonnx's find_producer). The index is built once per model and neve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -171,7 +171,3 @@ def get_attribute(node: onnx.NodeProto, name: str, default: object = None) -> ob
         if attr.name == name:
             return onnx.helper.get_attribute_value(attr)
     return default
-
-
-def tensor_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
-    return {t for n in nodes for t in (*n.input, *n.output) if t}

@@ -95,10 +95,9 @@ def test_unique_name():
     assert {"x_q_2", "x_q_3", "y"} <= taken
 
 
-def test_all_names_and_tensor_names():
+def test_all_names():
     model = builders.conv_relu()
     assert graph_index.all_names(model) == {"conv", "relu", "x", "w", "b", "c", "y"}
-    assert graph_index.tensor_names(model.graph.node[:1]) == {"x", "w", "b", "c"}
 
 
 def test_get_attribute():
