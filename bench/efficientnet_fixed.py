@@ -48,12 +48,10 @@ def ort_quantize_static(model_path: Path, calib: np.ndarray, weight_type, out: P
 
 
 def main() -> None:
-    if not imagenet.EFFICIENTNET.exists():
-        print("../shared is absent: nothing to measure")
+    setup = imagenet.efficientnet_setup()
+    if setup is None:
         return
-    model = onnx.load(str(imagenet.EFFICIENTNET))
-    calib = imagenet.calibration_images(model)
-    images, labels = imagenet.validation_set()
+    model, calib, images, labels = setup
     rows = [("FP32", "-", imagenet.top1(model, images, labels), float("nan"), 0.0)]
     with tempfile.TemporaryDirectory() as tmp:
         for bits, method in [("W8A16", RangeMethod.MSE), ("W8A8", RangeMethod.MSE), ("W8A8", RangeMethod.MINMAX), ("W4A8", RangeMethod.MSE)]:

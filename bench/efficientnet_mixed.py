@@ -92,12 +92,10 @@ def main() -> None:
     parser.add_argument("--profiles", default="npu,research")
     parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args()
-    if not imagenet.EFFICIENTNET.exists():
-        print("../shared is absent: nothing to measure")
+    setup = imagenet.efficientnet_setup()
+    if setup is None:
         return
-    model = onnx.load(str(imagenet.EFFICIENTNET))
-    calib = imagenet.calibration_images(model)
-    images, labels = imagenet.validation_set()
+    model, calib, images, labels = setup
     fp32 = imagenet.top1(model, images, labels)
     all_rows, contexts = [], {}
     for name in args.profiles.split(","):

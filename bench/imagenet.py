@@ -69,5 +69,15 @@ def top1(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, batch_s
     return 100.0 * correct / len(labels)
 
 
+def efficientnet_setup():
+    """(model, calibration set, val images, val labels), or None when ../shared is absent."""
+    if not EFFICIENTNET.exists():
+        print("../shared is absent: nothing to measure")
+        return None
+    model = onnx.load(str(EFFICIENTNET))
+    images, labels = validation_set()
+    return model, calibration_images(model), images, labels
+
+
 def digest(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString()).hexdigest()[:12]

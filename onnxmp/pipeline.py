@@ -229,24 +229,24 @@ def search_point(
         if missing:
             raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run `onnxmp quantize` first")
     executor, jobs, threads = phase1_executor(settings)
+    reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)  # once per run
     table = sensitivity(
         prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=settings.batch_size,
         progress=progress, quantize_bias=prepared.profile.quantize_bias, executor=executor, jobs=jobs,
-        threads=threads,
+        threads=threads, reference=reference,
     )
     timings["phase1_s"] = time.perf_counter() - start
     start = time.perf_counter()
     curve = STRATEGIES[settings.strategy](table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
     timings["phase2_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    outcome = _select(prepared, encodings, calib, curve, budget, settings=settings, evaluate=evaluate)
+    outcome = _select(prepared, encodings, calib, curve, budget, reference, settings=settings, evaluate=evaluate)
     timings["search_s"] = time.perf_counter() - start
     return replace(outcome, table=table, timings=timings)
 
 
-def _select(prepared, encodings, calib, curve: ParetoCurve, budget: Budget, *, settings: Settings, evaluate):
+def _select(prepared, encodings, calib, curve: ParetoCurve, budget: Budget, reference, *, settings: Settings, evaluate):
     """Pick the point for `budget`; measure its true SQNR (and accuracy where evaluated)."""
-    reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)
     measured: dict[int, float] = {}
     scores: dict[int, float] = {}
     baseline = None

@@ -115,12 +115,14 @@ def sensitivity(
     executor: Executor | None = None,
     jobs: int = 1,
     threads: int | None = None,
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> SensitivityTable:
     """SQNR (dB) of every (group, candidate); finished entries are read back from `store`.
 
     The pending evaluations are split into `jobs` runs of consecutive groups and handed to
     `executor` (default: this process, one job after the other); every result is appended
-    to the store as soon as it arrives.
+    to the store as soon as it arrives. `reference` (the float outputs over `calib`) is
+    computed here unless the caller already has it.
     """
     done = {(e["group"], Candidate.parse(e["candidate"])): e for e in store.entries(STORE_KIND)}
     tasks = [(g.id, c) for g in analysis.groups for c in g.candidates]
@@ -134,7 +136,9 @@ def sensitivity(
             progress(len(done), len(tasks), f"{entry['group']} @ {entry['candidate']}")
 
     if pending:
-        work = split_jobs(model, analysis, encodings, calib, pending, batch_size=batch_size,
+        if reference is None:
+            reference = reference_outputs(model, calib, batch_size=batch_size)
+        work = split_jobs(model, analysis, encodings, calib, pending, reference, batch_size=batch_size,
                           quantize_bias=quantize_bias, jobs=jobs, threads=threads)
         (executor or run_jobs_here)(work, consume)
     missing = [t for t in tasks if t not in done]
@@ -151,6 +155,7 @@ def split_jobs(
     encodings: Mapping[tuple[str, int], TensorEncoding],
     calib: CalibrationSet,
     pending: frozenset[tuple[str, Candidate]],
+    reference: Mapping[str, np.ndarray],
     *,
     batch_size: int,
     quantize_bias: bool,
@@ -161,7 +166,6 @@ def split_jobs(
     index = build(model)
     order = sorted(analysis.groups, key=lambda g: min((index.index(n) for n in affected_nodes(index, g)), default=0))
     todo = [g for g in order if any((g.id, c) in pending for c in g.candidates)]
-    reference = reference_outputs(model, calib, batch_size=batch_size)
     serialized = model.SerializeToString()
     chunks = _contiguous(todo, max(1, min(jobs, len(todo))))
     return [
