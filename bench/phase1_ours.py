@@ -3,12 +3,16 @@
 Why a separate process: peak RSS must be this run's alone (the driver,
 bench/phase1_vs_aimet.py, runs AIMET in another process and compares).
 
-Techniques (--technique):
-  naive    whole QDQ model per evaluation, basic ORT optimizations, batch 32 (the textbook way)
-  ort-all  whole model per evaluation, all ORT optimizations (NCHWc layouts), batch 64
-  suffix   onnxmp's phase 1: only the part of the graph after the group, fed from a float
-           frontier cache walked forward group by group (all optimizations, batch 64)
+Techniques (--technique), each adding one thing to the one before:
+  naive        whole QDQ model per evaluation, basic ORT optimizations, batch 32 (the textbook way)
+  ort-all      whole model per evaluation, all ORT optimizations (NCHWc layouts), batch 32
+  ort-all-b16  the same with batch 16 (smaller activations stay in cache)
+  suffix       onnxmp's phase 1: only the part of the graph after the group, fed from the
+               float frontier walk (passes/frontier_walk.py), all optimizations, batch 16
   suffix-processes  the same, split over 2 worker processes of 1 thread each
+
+The suffix techniques also report the seconds spent building ONNX Runtime sessions (what
+reusing one session across candidates could save at most) and computing float frontiers.
 
 Usage: python bench/phase1_ours.py --model M.onnx --inputs X.npz [--groups-every K] [--technique T]
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import resource
 import tempfile
@@ -28,6 +33,7 @@ import onnx
 
 from onnxmp import pipeline, runtime
 from onnxmp.calib_data import CalibrationSet
+from onnxmp.passes import frontier_walk
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.executors import run_in_processes
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
@@ -35,6 +41,8 @@ from onnxmp.passes.sensitivity import reference_outputs, sensitivity
 from onnxmp.quant_math import signal_and_noise
 from onnxmp.records import GroupAnalysis, Plan
 from onnxmp.store import ResultStore
+
+BATCH = 16  # onnxmp's default batch size
 
 
 def whole_model_phase1(prepared, encodings, calib: CalibrationSet, *, optimization: str, batch_size: int) -> int:
@@ -54,15 +62,47 @@ def whole_model_phase1(prepared, encodings, calib: CalibrationSet, *, optimizati
     return count
 
 
-def float_forward_seconds(model: onnx.ModelProto, calib: CalibrationSet, batch_size: int) -> float:
+def float_forward_seconds(model: onnx.ModelProto, calib: CalibrationSet, batch_size: int, repeats: int = 3) -> float:
+    """The fastest of `repeats` float forward passes over the set (the naive method's unit)."""
     sess = runtime.session(model)
     for feeds in calib.batches(batch_size):  # warm-up
         sess.run(None, feeds)
         break
-    start = time.perf_counter()
-    for feeds in calib.batches(batch_size):
-        sess.run(None, feeds)
-    return time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for feeds in calib.batches(batch_size):
+            sess.run(None, feeds)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+class Stopwatch:
+    """Seconds spent inside a wrapped function, or inside the generator it returns (this process only)."""
+
+    def __init__(self, owner, name: str) -> None:
+        self.seconds, original = 0.0, getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+            return self._timed_generator(result) if inspect.isgenerator(result) else result
+
+        setattr(owner, name, timed)
+
+    def _timed_generator(self, generator):
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(generator)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - start
+            yield item
 
 
 def main() -> None:
@@ -71,7 +111,8 @@ def main() -> None:
     parser.add_argument("--inputs", required=True)
     parser.add_argument("--profile", default="npu")
     parser.add_argument("--groups-every", type=int, default=1, help="measure every K-th group only")
-    parser.add_argument("--technique", default="suffix", choices=["naive", "ort-all", "suffix", "suffix-processes"])
+    parser.add_argument("--technique", default="suffix",
+                        choices=["naive", "ort-all", "ort-all-b16", "suffix", "suffix-processes"])
     args = parser.parse_args()
     with np.load(args.inputs) as data:
         arrays = {k: data[k] for k in data.files if k != "label"}
@@ -83,25 +124,28 @@ def main() -> None:
     evaluations = sum(len(g.candidates) for g in groups)
     before_phase1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    if args.technique in ("naive", "ort-all"):
-        naive = args.technique == "naive"
-        whole_model_phase1(prepared, encodings, calib, optimization="basic" if naive else "all",
-                           batch_size=32 if naive else 64)
+    sessions = Stopwatch(runtime, "session")
+    walk = Stopwatch(frontier_walk.FrontierWalk, "_computed")
+    if args.technique in ("naive", "ort-all", "ort-all-b16"):
+        whole_model_phase1(prepared, encodings, calib, optimization="basic" if args.technique == "naive" else "all",
+                           batch_size=16 if args.technique == "ort-all-b16" else 32)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             executor, jobs = (None, 1)
             if args.technique == "suffix-processes":
                 executor, jobs = (lambda work, consume: run_in_processes(work, consume, workers=2)), 2
             sensitivity(prepared.model, prepared.analysis, encodings, calib,
-                        store=ResultStore(Path(tmp) / "s.jsonl", "bench"), batch_size=64,
+                        store=ResultStore(Path(tmp) / "s.jsonl", "bench"), batch_size=BATCH,
                         executor=executor, jobs=jobs, threads=1 if jobs > 1 else None)
     seconds = time.perf_counter() - start
-    forward = float_forward_seconds(prepared.model, calib, 64)
+    session_build_s = sessions.seconds
+    forward = float_forward_seconds(prepared.model, calib, BATCH)
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({
         "technique": args.technique, "groups": len(groups), "evaluations": evaluations, "seconds": seconds,
         "evals_per_s": evaluations / seconds, "peak_rss_mb": peak / 1024, "peak_rss_before_phase1_mb": before_phase1 / 1024, "float_forward_s": forward,
         "naive_cost_ratio": seconds / (evaluations * forward), "images": calib.num_samples,
+        "session_build_s": session_build_s, "frontier_walk_s": walk.seconds,
     }))
 
 

@@ -80,12 +80,15 @@ def main() -> None:
               f"peak RSS onnxmp / AIMET: {mine['peak_rss_mb'] / theirs['peak_rss_mib']:.2f}")
     elif not args.skip_aimet:
         print("AIMET: no virtualenv at /tmp/aimet-venv (run bench/aimet/setup_venv.sh)")
-    print(f"one float forward over the 256 images: {mine['float_forward_s']:.2f} s; naive-cost ratio "
-          f"time(phase 1) / (evals x forward) = {mine['naive_cost_ratio']:.3f}")
+    print(f"one float forward over the 256 images (batch 16, fastest of 3): {mine['float_forward_s']:.2f} s; "
+          f"naive-cost ratio time(phase 1) / (evals x forward) = {mine['naive_cost_ratio']:.3f}")
+    print(f"inside onnxmp's phase 1: {mine['session_build_s']:.1f} s building ONNX Runtime sessions, "
+          f"{mine['frontier_walk_s']:.1f} s computing float frontiers; peak RSS before phase 1 "
+          f"(load, canonicalize, calibrate) {mine['peak_rss_before_phase1_mb']:.0f} MiB")
     if args.techniques:
         print("\nTechniques, every 5th group (same evaluations each):")
         print(f"{'technique':<18} {'evals':>6} {'wall s':>8} {'evals/s':>8} {'naive-cost ratio':>17} {'peak RSS MiB':>13}")
-        for technique in ("naive", "ort-all", "suffix", "suffix-processes"):
+        for technique in ("naive", "ort-all", "ort-all-b16", "suffix", "suffix-processes"):
             row = ours(inputs, technique, every=5)
             print(f"{technique:<18} {row['evaluations']:6d} {row['seconds']:8.1f} {row['evals_per_s']:8.2f} "
                   f"{row['naive_cost_ratio']:17.3f} {row['peak_rss_mb']:13.0f}")

@@ -57,25 +57,35 @@ STORE_NAME = "phase1.jsonl"
 @dataclass(frozen=True)
 class Settings:
     """How a run measures. Range method and batch size are part of the phase-1 store key;
-    the executor is not (every executor gives identical results)."""
+    the executor is not (every executor gives identical results). `workers=None` picks
+    one worker per 4 cores (ONNX Runtime's threads stop paying beyond that on a batch of 16);
+    a single worker runs in this process."""
 
     range_method: RangeMethod = RangeMethod.MSE
-    batch_size: int = 64
+    batch_size: int = 16
     seed: int = 0
     strategy: str = "greedy"
     search: SearchMethod = SearchMethod.HYBRID
-    executor: ExecutorKind = ExecutorKind.LOCAL
-    workers: int = 2
+    executor: ExecutorKind = ExecutorKind.PROCESSES
+    workers: int | None = None
     ray_address: str | None = None
+
+
+THREADS_PER_WORKER = 4
+
+
+def auto_workers() -> int:
+    return max(1, runtime.default_threads() // THREADS_PER_WORKER)
 
 
 def phase1_executor(settings: Settings):
     """The executor callable, the number of jobs to split phase 1 into, and threads per job."""
+    workers = settings.workers or auto_workers()
     if settings.executor is ExecutorKind.PROCESSES:
-        threads = max(1, runtime.default_threads() // settings.workers)
-        return functools.partial(run_in_processes, workers=settings.workers), settings.workers, threads
+        threads = max(1, runtime.default_threads() // workers)
+        return functools.partial(run_in_processes, workers=workers), workers, threads
     if settings.executor is ExecutorKind.RAY:
-        return functools.partial(run_on_ray, address=settings.ray_address), settings.workers, None
+        return functools.partial(run_on_ray, address=settings.ray_address), max(2, workers), None
     return None, 1, None
 
 

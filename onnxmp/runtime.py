@@ -17,7 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
+from onnxmp import model_io
 from onnxmp.errors import ModelError
 
 OPTIMIZATION_LEVELS = {
@@ -46,7 +48,8 @@ def session(
     """An InferenceSession on the CPU with deterministic settings.
 
     `simulate=False` keeps ONNX Runtime's QDQ fusions (integer kernels), as a deployment
-    runtime would run the model.
+    runtime would run the model. A large model's weights reach ORT as in-memory external
+    initializers (see `_payload`), with bit-identical results.
 
     Raises:
         ModelError: ONNX Runtime cannot load the model.
@@ -63,11 +66,26 @@ def session(
         disabled = list(SIMULATION_DISABLED_OPTIMIZERS)
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
-    payload = model if isinstance(model, str) else model.SerializeToString()
+    payload, weights = _payload(model, options)
     try:
-        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        sess = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
         raise ModelError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
+    sess.onnxmp_weights = weights  # ORT reads these arrays in place: they live as long as the session
+    return sess
+
+
+def _payload(model: onnx.ModelProto | str, options: ort.SessionOptions) -> tuple[str | bytes, tuple[np.ndarray, ...]]:
+    """What ORT loads: a path, the serialized model, or, for a large model
+    (`model_io.is_large`), a weightless copy with its weights added to `options` as OrtValues
+    over numpy arrays, so ORT gets no second serialized copy (and none over 2 GB)."""
+    if isinstance(model, str) or not model_io.is_large(model):
+        return (model if isinstance(model, str) else model.SerializeToString()), ()
+    # numpy's own dtypes only (isbuiltin 1): bfloat16, float8 and int4 weights stay inline
+    tensors = [t for t in model_io.weights(model) if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).isbuiltin == 1]
+    arrays = tuple(numpy_helper.to_array(t) for t in tensors)
+    options.add_external_initializers([t.name for t in tensors], [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+    return model_io.weightless(model, tensors).SerializeToString(), arrays
 
 
 def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:

@@ -4,6 +4,10 @@ Why: later stages index the graph by node name, emit opset-21 QDQ (int4/int16 ty
 weights as initializers and need every tensor's dtype; exporters leave weights in Constant
 nodes and shape arithmetic (TF-"same" padding chains feeding Pad) that must fold away so
 Pad/Reshape see constants and quantizers see the true dataflow.
+
+Large models (`model_io.is_large`) go to the version converter, shape inference and
+graphsurgeon as weightless copies, so no pass serializes the weights (impossible over 2 GB)
+or holds them more than twice (input and result).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import logging
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference, version_converter
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from onnxmp import model_io
 from onnxmp.errors import PassError
 from onnxmp.graph import all_names, unique_name
 
@@ -45,25 +51,42 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     Models already at 21 or above are returned as an unchanged copy.
     """
     current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
     if current >= TARGET_OPSET:
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
         return result
+    weights = model_io.weights(model) if model_io.is_large(model) else []
     try:
-        converted = version_converter.convert_version(result, TARGET_OPSET)
+        converted = version_converter.convert_version(_private_copy(model, weights), TARGET_OPSET)
     except Exception as e:  # the converter raises bare RuntimeError/ValidationError
         raise PassError(f"upgrade_opset: cannot convert opset {current} to {TARGET_OPSET}: {e}") from e
     if converted.ir_version < 10:
         converted.ir_version = 10
-    return converted
+    return model_io.restore_weights(converted, weights)
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy with dtypes and shapes of every tensor (symbolic dims kept symbolic)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    del result.graph.value_info[:]
-    return shape_inference.infer_shapes(result, data_prop=True)
+    return _with_inferred_shapes(result)
+
+
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` (a copy the caller owns, edited in place when large) with shapes inferred.
+
+    A large model's weightless copy goes to shape inference; its inferred value_info, graph
+    outputs and nodes (subgraphs carry value_info too) are copied back.
+    """
+    del model.graph.value_info[:]
+    if not model_io.is_large(model):
+        return shape_inference.infer_shapes(model, data_prop=True)
+    inferred = shape_inference.infer_shapes(model_io.weightless(model, model_io.weights(model)), data_prop=True)
+    for name in ("node", "value_info", "output"):
+        field = getattr(model.graph, name)
+        del field[:]
+        field.extend(getattr(inferred.graph, name))
+    return model
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -73,14 +96,32 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     through onnx-graphsurgeon) and replaced by its value; Shape of a tensor with a known
     static shape folds too; nodes left without consumers are removed.
     """
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # graphsurgeon writes names into the Constant nodes it imports
+    weights = model_io.weights(model) if model_io.is_large(model) else []
+    copy = _private_copy(model, weights)  # graphsurgeon names the Constant nodes it imports
     graph = gs.import_onnx(copy)
+    _set_values(graph, {t.name: t for t in weights})  # folding reads the caller's weights
     before = len(graph.nodes)
     graph.fold_constants(fold_shapes=True, error_ok=False).cleanup().toposort()
-    result = gs.export_onnx(graph, do_type_check=False)
+    _set_values(graph, {t.name: t for t in copy.graph.initializer if model_io.is_stub(t)})
+    result = gs.export_onnx(graph, do_type_check=False)  # weightless: gs would copy each weight twice
     result.ir_version = model.ir_version
     del result.opset_import[:]
     result.opset_import.extend(model.opset_import)
     logger.debug("fold_constants: %d -> %d nodes", before, len(result.graph.node))
-    return infer_shapes(result)
+    return model_io.restore_weights(_with_inferred_shapes(result), weights)
+
+
+def _set_values(graph: gs.Graph, tensors: dict[str, onnx.TensorProto]) -> None:
+    """Point the graph's constants named in `tensors` at those protos (read only when needed)."""
+    for name, constant in graph.tensors().items():
+        if name in tensors:
+            constant.values, constant.data_location = LazyValues(tensors[name]), None
+
+
+def _private_copy(model: onnx.ModelProto, weights: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy of `model` to hand to C++ or graphsurgeon: weightless when `weights` are given."""
+    if weights:
+        return model_io.weightless(model, weights)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy

@@ -27,7 +27,8 @@ import onnx
 from onnxmp import quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import build
-from onnxmp.passes.extract_subgraph import affected_nodes, frontier, producing_nodes, subgraph
+from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
+from onnxmp.passes.frontier_walk import DEFAULT_BUDGET_BYTES, Chunk, FrontierWalk
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 from onnxmp.records import (
     Candidate,
@@ -80,11 +81,12 @@ def measure(
 
 @dataclass(frozen=True)
 class Phase1Job:
-    """One worker's share of phase 1: some groups, measured in network order.
+    """One worker's share of phase 1: the `pending` (group, candidate) pairs it measures.
 
     Everything a worker needs travels in the job (picklable for process pools and Ray):
-    the serialized canonical model, the groups, the encodings, the calibration inputs and
-    the float reference outputs.
+    the serialized canonical model, all groups in network order (every job walks the same
+    float frontier chain, so results do not depend on how phase 1 was split), the
+    encodings, the calibration inputs and the float reference outputs.
     """
 
     model: bytes
@@ -97,6 +99,7 @@ class Phase1Job:
     batch_size: int
     quantize_bias: bool
     threads: int | None = None
+    frontier_budget_bytes: int = DEFAULT_BUDGET_BYTES
 
 
 Executor = Callable[[Sequence[Phase1Job], Callable[[dict], None]], None]
@@ -163,19 +166,24 @@ def split_jobs(
     threads: int | None = None,
 ) -> list[Phase1Job]:
     """Pending groups in network order, cut into at most `jobs` runs of similar size."""
-    index = build(model)
-    order = sorted(analysis.groups, key=lambda g: min((index.index(n) for n in affected_nodes(index, g)), default=0))
+    order = network_order(build(model), analysis.groups)
     todo = [g for g in order if any((g.id, c) in pending for c in g.candidates)]
     serialized = model.SerializeToString()
     chunks = _contiguous(todo, max(1, min(jobs, len(todo))))
     return [
         Phase1Job(
-            model=serialized, groups=tuple(chunk), anchors=dict(analysis.anchors), encodings=dict(encodings),
-            inputs=dict(calib.arrays), reference=reference, pending=pending, batch_size=batch_size,
-            quantize_bias=quantize_bias, threads=threads,
+            model=serialized, groups=tuple(order), anchors=dict(analysis.anchors), encodings=dict(encodings),
+            inputs=dict(calib.arrays), reference=reference,
+            pending=frozenset((g.id, c) for g in chunk for c in g.candidates if (g.id, c) in pending),
+            batch_size=batch_size, quantize_bias=quantize_bias, threads=threads,
         )
         for chunk in chunks if chunk
     ]
+
+
+def network_order(graph, groups: Sequence[QuantizerGroup]) -> list[QuantizerGroup]:
+    """Groups by the position of the first node they affect (ties keep the analysis order)."""
+    return sorted(groups, key=lambda g: min((graph.index(n) for n in affected_nodes(graph, g)), default=0))
 
 
 def _contiguous(items: list, parts: int) -> list[list]:
@@ -197,26 +205,33 @@ def run_jobs_here(jobs: Sequence[Phase1Job], consume: Callable[[dict], None]) ->
 
 
 def run_job(job: Phase1Job) -> Iterator[dict]:
-    """Measure the job's pending (group, candidate) pairs; yield one store entry each."""
+    """Measure the job's pending (group, candidate) pairs; yield one store entry each.
+
+    The frontier walk covers every group up to the job's last one (steps without pending
+    work only advance the float checkpoint), then each candidate runs the group's suffix
+    over the frontier chunk by chunk, one ONNX Runtime session at a time.
+    """
     model = onnx.load_from_string(job.model)
     index = build(model)
     analysis = GroupAnalysis(groups=job.groups, skipped=(), anchors=MappingProxyType(dict(job.anchors)))
-    calib = CalibrationSet(job.inputs)
-    cache = FrontierCache(model, index, calib, batch_size=job.batch_size, threads=job.threads)
     cuts = [(g, affected_nodes(index, g)) for g in job.groups]
-    cache.plan([frontier(index, nodes) for _, nodes in cuts])
+    walk = FrontierWalk(
+        model, index, job.inputs, [frontier(index, nodes) for _, nodes in cuts],
+        batch_size=job.batch_size, threads=job.threads, budget_bytes=job.frontier_budget_bytes,
+    )
     for step, (group, nodes) in enumerate(cuts):
-        inputs = frontier(index, nodes)
-        values = cache.values(step, inputs)
+        candidates = [c for c in group.candidates if (group.id, c) in job.pending]
+        if not candidates:
+            continue
         outputs = [o for o in index.graph_outputs if index.producer_of.get(o) in nodes]
-        suffix = subgraph(model, index, nodes, inputs, outputs)
-        for candidate in (c for c in group.candidates if (group.id, c) in job.pending):
+        suffix = subgraph(model, index, nodes, frontier(index, nodes), outputs)
+        for candidate in candidates:
             start = time.perf_counter()
             quantized = insert_qdq(
                 suffix, analysis=analysis, plan=Plan({group.id: candidate}), encodings=job.encodings,
                 weights=WeightStorage.FAKE_FLOAT, quantize_bias=job.quantize_bias,
             )
-            result = _measure_suffix(quantized, values, job.reference, batch_size=job.batch_size, threads=job.threads)
+            result = _measure_chunks(quantized, walk.chunks(step), job.reference, threads=job.threads)
             yield {
                 "group": group.id, "candidate": str(candidate), "signal": list(result.signal),
                 "noise": list(result.noise), "seconds": round(time.perf_counter() - start, 3),
@@ -231,66 +246,21 @@ def _measure_suffix(
     batch_size: int,
     threads: int | None = None,
 ) -> OutputNoise:
-    """Noise of the suffix outputs against the float reference; untouched outputs add signal only."""
-    signal = dict.fromkeys(reference, 0.0)
+    """Noise of `model`'s outputs over `values` (all samples) against the float reference."""
+    count = len(next(iter(values.values())))
+    chunks = ((i, {k: v[i : i + batch_size] for k, v in values.items()}) for i in range(0, count, batch_size))
+    return _measure_chunks(model, chunks, reference, threads=threads)
+
+
+def _measure_chunks(
+    model: onnx.ModelProto, chunks: Iterator[Chunk], reference: Mapping[str, np.ndarray], *, threads: int | None = None
+) -> OutputNoise:
+    """Noise of the outputs against the float reference; outputs `model` lacks add signal only."""
     noise = dict.fromkeys(reference, 0.0)
-    count = len(next(iter(reference.values())))
-    batches = ({k: v[i : i + batch_size] for k, v in values.items()} for i in range(0, count, batch_size))
     sess = runtime.session(model, threads=threads)
-    for start, outputs in zip(range(0, count, batch_size), runtime.run_batches(sess, batches), strict=True):
-        for name, got in outputs.items():
-            noise[name] += quant_math.signal_and_noise(reference[name][start : start + batch_size], got)[1]
-    for name, want in reference.items():
-        signal[name] = quant_math.signal_and_noise(want, want)[0]
-    return OutputNoise(tuple(signal.values()), tuple(noise.values()))
-
-
-class FrontierCache:
-    """Float values (all samples) of the tensors the next groups' suffixes read.
-
-    Tensors are computed on demand by running only the float nodes between what is cached
-    and what is asked for, and dropped once no later group reads them, so the float network
-    is run about once in all and memory holds one frontier, not every activation.
-    """
-
-    def __init__(
-        self, model: onnx.ModelProto, index, calib: CalibrationSet, *, batch_size: int, threads: int | None = None
-    ) -> None:
-        self._model, self._index, self._batch_size, self._threads = model, index, batch_size, threads
-        self._values: dict[str, np.ndarray] = dict(calib.arrays)
-        self._keep: list[set[str]] = []
-
-    def plan(self, frontiers: Sequence[Sequence[str]]) -> None:
-        """Record every step's frontier so tensors no later step reads can be dropped."""
-        later: set[str] = set(self._index.graph_inputs)
-        self._keep = [set() for _ in frontiers]
-        for step in range(len(frontiers) - 1, -1, -1):
-            later |= set(frontiers[step])
-            self._keep[step] = set(later)
-
-    def values(self, step: int, tensors: Sequence[str]) -> dict[str, np.ndarray]:
-        missing = [t for t in tensors if t not in self._values]
-        if missing:
-            self._compute(missing)
-        for name in list(self._values):  # after computing: the last frontier is the cheapest source
-            if name not in self._keep[step]:
-                del self._values[name]
-        return {t: self._values[t] for t in tensors}
-
-    def _compute(self, wanted: Sequence[str]) -> None:
-        nodes = producing_nodes(self._index, wanted, set(self._values))
-        inputs = frontier(self._index, nodes)
-        segment = subgraph(self._model, self._index, nodes, inputs, wanted)
-        # basic optimizations compute every node the same whatever the segment's shape, so
-        # frontier values do not depend on how phase 1 was split into jobs (layout rewrites
-        # at "all" pick conv kernels by neighbourhood and would move the last bits)
-        sess = runtime.session(segment, threads=self._threads, optimization="basic")
-        count = len(next(iter(self._values.values())))
-        filled: dict[str, np.ndarray] = {}
-        for start in range(0, count, self._batch_size):
-            feeds = {t: self._values[t][start : start + self._batch_size] for t in inputs}
-            for name, value in zip(wanted, sess.run(list(wanted), feeds), strict=True):
-                if name not in filled:  # written in place: no second copy while concatenating
-                    filled[name] = np.empty((count, *value.shape[1:]), value.dtype)
-                filled[name][start : start + len(value)] = value
-        self._values.update(filled)
+    names = [o.name for o in sess.get_outputs()]
+    for start, feeds in chunks:
+        for name, got in zip(names, sess.run(names, feeds), strict=True):
+            noise[name] += quant_math.signal_and_noise(reference[name][start : start + len(got)], got)[1]
+    signal = {name: quant_math.signal_and_noise(want, want)[0] for name, want in reference.items()}
+    return OutputNoise(tuple(signal[n] for n in reference), tuple(noise[n] for n in reference))

@@ -101,6 +101,72 @@ def test_fingerprint(conv_relu):
     assert model_io.fingerprint(builders.conv_relu(seed=1)) != first
 
 
+def test_fingerprint_sees_every_weight_byte(conv_relu):
+    first = model_io.fingerprint(conv_relu)
+    assert model_io.fingerprint(conv_relu) == first
+    for name in ("w", "b"):  # w is hashed apart from the structure, b (rank 1, small) within it
+        for position in (0, -1):
+            changed = onnx.ModelProto()
+            changed.CopyFrom(conv_relu)
+            tensor = next(t for t in changed.graph.initializer if t.name == name)
+            data = bytearray(tensor.raw_data)
+            data[position] ^= 1
+            tensor.raw_data = bytes(data)
+            assert model_io.fingerprint(changed) != first, (name, position)
+
+
+def test_fingerprint_sees_a_weight_under_another_name(conv_relu):
+    first = model_io.fingerprint(conv_relu)
+    conv_relu.graph.initializer[0].name = "w2"
+    conv_relu.graph.node[0].input[1] = "w2"
+    assert model_io.fingerprint(conv_relu) != first
+
+
+def _save_with_external_data(path: Path) -> Path:
+    """conv_relu as onnx saves it with every weight in `<name>.data` (onnx empties the proto it saves)."""
+    onnx.save_model(
+        builders.conv_relu(), str(path), save_as_external_data=True, location=f"{path.name}.data",
+        size_threshold=0,
+    )
+    return path
+
+
+def test_fingerprint_does_not_depend_on_where_the_weights_were_stored(tmp_path, conv_relu):
+    _save_with_external_data(tmp_path / "m.onnx")
+    assert model_io.fingerprint(model_io.load(tmp_path / "m.onnx")) == model_io.fingerprint(conv_relu)
+
+
+def test_load_model_with_external_data_leaves_both_files_alone(tmp_path, conv_relu):
+    path = _save_with_external_data(tmp_path / "m.onnx")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["m.onnx", "m.onnx.data"]
+    assert len(before["m.onnx.data"]) >= 4 * 3 * 3 * 3 * 4  # the weights live in the data file
+    model = model_io.load(path)
+    assert model == conv_relu
+    model.graph.initializer[0].raw_data = b""
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_validate_a_large_model_on_its_weightless_copy(conv_relu, monkeypatch):
+    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)  # a model of 2 GB is too heavy for a test
+    model_io.validate(conv_relu)
+    conv_relu.graph.node[1].input[0] = "ghost"
+    with pytest.raises(ModelError, match="ghost"):
+        model_io.validate(conv_relu)
+
+
+def test_save_leaves_the_model_alone(tmp_path, conv_relu, monkeypatch):
+    before = (conv_relu.ByteSize(), conv_relu.SerializeToString())
+    model_io.save(conv_relu, tmp_path / "small.onnx")
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1)  # a model of 2 GB is too heavy for a test
+    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
+    model_io.save(conv_relu, tmp_path / "large.onnx")
+    assert (conv_relu.ByteSize(), conv_relu.SerializeToString()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["large.onnx", "large.onnx.data", "small.onnx"]
+    assert model_io.load(tmp_path / "large.onnx") == conv_relu
+    assert model_io.load(tmp_path / "small.onnx") == conv_relu
+
+
 def test_save_round_trip_leaves_no_temporary_files(tmp_path, conv_relu):
     path = model_io.save(conv_relu, tmp_path / "out" / "model.onnx")
     assert path == tmp_path / "out" / "model.onnx"

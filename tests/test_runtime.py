@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxmp import runtime
+from onnxmp import model_io, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import ModelError
 from tests import builders
@@ -72,3 +72,25 @@ def test_run_batches(conv_relu):
     assert [o["y"].shape[0] for o in outputs] == [2, 2, 1]
     whole = _run(runtime.session(conv_relu), data)
     np.testing.assert_allclose(np.concatenate([o["y"] for o in outputs]), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["conv_relu", "flatten_gemm", "residual_add", "pad_shape_chain", "float_fallbacks"])
+@pytest.mark.parametrize("canonical", [False, True], ids=["raw", "canonical"])
+def test_large_model_weights_reach_ort_as_arrays_with_identical_results(name, canonical, monkeypatch):
+    """A model of 2 GB is too heavy for a test: the thresholds are lowered to take that path."""
+    model = builders.BUILDERS[name]()
+    model = builders.canonical(model).model if canonical else model
+    feeds = builders.feeds_for(model, batch=3)
+    for simulate in (True, False):
+        expected = runtime.session(model, simulate=simulate).run(None, feeds)
+        with monkeypatch.context() as patch:
+            patch.setattr(model_io, "LARGE_WEIGHTS", 0)
+            patch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
+            sess = runtime.session(model, simulate=simulate)
+            assert len(sess.onnxmp_weights) == len(model_io.weights(model)) > 0
+        for got, want in zip(sess.run(None, feeds), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_small_models_are_handed_over_whole(conv_relu):
+    assert runtime.session(conv_relu).onnxmp_weights == ()

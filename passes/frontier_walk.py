@@ -1,0 +1,145 @@
+"""Float values of the tensors each phase-1 suffix reads, walked forward group by group.
+
+Why: a group's suffix needs the float values of its frontier (the cut tensors it reads)
+for every calibration sample. Computing them from the model inputs for every group costs a
+forward pass per group; holding every frontier of every sample costs gigabytes (the first
+frontiers of an image network are its largest tensors: 256 EfficientNet-Lite0 samples at
+112x112x96 are 1.2 GB). So the walk keeps a *checkpoint*: full-sample values of frontiers
+that fit a byte budget, each computed from the previous checkpoint; a frontier over the
+budget is computed chunk by chunk from the checkpoint whenever it is read and never stored.
+
+Rule cases:
+1. Every job walks the same chain of segments (the frontiers of all groups in network
+   order, materialized when they fit the budget), so frontier values, computed with every
+   ONNX Runtime optimization, are bit-identical however phase 1 was split into jobs or
+   resumed: values depend on the segment a tensor was computed in, never on the job.
+2. A checkpoint tensor is dropped once no later frontier reads it; graph inputs stay.
+3. Samples always go through in chunks of `batch_size`, so memory beyond the checkpoint is
+   one chunk's activations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnxmp import runtime
+from onnxmp.graph import DataflowGraph
+from onnxmp.passes.extract_subgraph import frontier, producing_nodes, subgraph
+
+DEFAULT_BUDGET_BYTES = 256 * 2**20
+
+Chunk = tuple[int, dict[str, np.ndarray]]
+
+
+class FrontierWalk:
+    """Chunks of float frontier values, step by step along `frontiers` (network order).
+
+    Call `chunks(step)` with non-decreasing steps; each call returns a fresh iterator, so
+    several candidates of one group can read the same frontier one after the other.
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        graph: DataflowGraph,
+        inputs: Mapping[str, np.ndarray],
+        frontiers: Sequence[Sequence[str]],
+        *,
+        batch_size: int,
+        threads: int | None = None,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        self._model, self._graph = model, graph
+        self._batch_size, self._threads, self._budget = batch_size, threads, budget_bytes
+        self._frontiers = [tuple(f) for f in frontiers]
+        self._stored: dict[str, np.ndarray] = dict(inputs)
+        self._count = len(next(iter(inputs.values())))
+        self._keep = _still_read(self._frontiers, set(graph.graph_inputs))
+        self._step = -1
+        self._segment: tuple | None = None  # (wanted, session, inputs) of the last computed segment
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the checkpoint (graph inputs included)."""
+        return sum(v.nbytes for v in self._stored.values())
+
+    def chunks(self, step: int) -> Iterator[Chunk]:
+        """(first sample, {tensor: values}) for every chunk of samples, for `frontiers[step]`."""
+        self._advance(step)
+        wanted = self._frontiers[step]
+        if all(t in self._stored for t in wanted):
+            return self._slices(wanted)
+        return self._computed(wanted)
+
+    def _advance(self, step: int) -> None:
+        if step < self._step:
+            raise ValueError(f"the walk is at step {self._step}; it cannot go back to {step}")
+        while self._step < step:
+            self._step += 1
+            self._segment = None
+            self._checkpoint(self._step)
+
+    def _checkpoint(self, step: int) -> None:
+        """Store frontier `step` for all samples when it fits the budget, then drop what is no longer read."""
+        wanted = [t for t in self._frontiers[step] if t not in self._stored]
+        if not wanted:
+            return
+        per_sample = _per_sample_bytes(self._graph, wanted)
+        if per_sample is None:  # symbolic dims: measure one chunk
+            first = next(self._computed(tuple(wanted)))[1]
+            per_sample = sum(v[:1].nbytes for v in first.values())
+        if per_sample * self._count > self._budget:
+            return
+        filled: dict[str, np.ndarray] = {}
+        for start, values in self._computed(tuple(wanted)):
+            for name, value in values.items():
+                if name not in filled:  # written in place: no second copy while concatenating
+                    filled[name] = np.empty((self._count, *value.shape[1:]), value.dtype)
+                filled[name][start : start + len(value)] = value
+        self._segment = None
+        self._stored.update(filled)
+        for name in [n for n in self._stored if n not in self._keep[step]]:
+            del self._stored[name]
+
+    def _slices(self, wanted: Sequence[str]) -> Iterator[Chunk]:
+        for start in range(0, self._count, self._batch_size):
+            yield start, {t: self._stored[t][start : start + self._batch_size] for t in wanted}
+
+    def _computed(self, wanted: tuple[str, ...]) -> Iterator[Chunk]:
+        """Run the float nodes between the checkpoint and `wanted`, one chunk at a time."""
+        if self._segment is None or self._segment[0] != wanted:
+            nodes = producing_nodes(self._graph, wanted, set(self._stored))
+            inputs = frontier(self._graph, nodes)
+            segment = subgraph(self._model, self._graph, nodes, inputs, wanted)
+            self._segment = (wanted, runtime.session(segment, threads=self._threads), inputs)
+        _, sess, inputs = self._segment
+        names = list(wanted)
+        for start in range(0, self._count, self._batch_size):
+            feeds = {t: self._stored[t][start : start + self._batch_size] for t in inputs}
+            yield start, dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def _still_read(frontiers: Sequence[tuple[str, ...]], always: set[str]) -> list[set[str]]:
+    """For each step, the tensors that step or a later one reads (plus `always`)."""
+    keep: list[set[str]] = [set() for _ in frontiers]
+    later = set(always)
+    for step in range(len(frontiers) - 1, -1, -1):
+        later |= set(frontiers[step])
+        keep[step] = set(later)
+    return keep
+
+
+def _per_sample_bytes(graph: DataflowGraph, tensors: Sequence[str]) -> int | None:
+    """Bytes of one sample of `tensors` from their static shapes; None if a dim is unknown."""
+    total = 0
+    for tensor in tensors:
+        shape = graph.shapes.get(tensor)
+        if not shape or any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+            return None
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(graph.elem_types.get(tensor, onnx.TensorProto.FLOAT)).itemsize
+        total += math.prod(shape[1:]) * itemsize
+    return total
