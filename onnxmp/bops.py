@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
+from onnxmp import model_io
 from onnxmp.graph import ATTR_TRANS_A, DataflowGraph, build, get_attribute
 from onnxmp.records import Candidate, GroupAnalysis, Plan
 
@@ -22,9 +23,16 @@ REFERENCE = Candidate(8, 16)
 
 
 def concrete_graph(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]]) -> DataflowGraph:
-    """Index of a copy of `model` whose inputs have the given shapes (batch forced to 1)."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
+    """Index of a copy of `model` whose inputs have the given shapes (batch forced to 1).
+
+    The index is for MACs, which need names, dims and op types only: a large model
+    (`model_io.is_large`) is copied without its weights (shapes and small vectors stay inline).
+    """
+    if model_io.is_large(model):
+        fixed = model_io.weightless(model, model_io.weights(model))
+    else:
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(model)
     del fixed.graph.value_info[:]
     for info in fixed.graph.input:
         if info.name not in sample_shapes:

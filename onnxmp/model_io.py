@@ -16,9 +16,11 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, MutableSequence, Sequence
+from collections.abc import Iterator, Mapping, MutableSequence, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.defs
 from google.protobuf.message import DecodeError, Message
@@ -209,6 +211,39 @@ def restore_weights(model: onnx.ModelProto, tensors: Sequence[onnx.TensorProto])
     for stub in model.graph.initializer:
         if stub.name in by_name and is_stub(stub):
             stub.CopyFrom(by_name[stub.name])
+    return model
+
+
+@dataclass(frozen=True)
+class PackedModel:
+    """A model on its way to another process (a pool worker, a Ray task): see `pack`."""
+
+    structure: bytes  # the serialized model, weightless when `weights` is not empty
+    weights: Mapping[str, np.ndarray]  # a large model's weights by initializer name, else empty
+
+
+def pack(model: onnx.ModelProto) -> PackedModel:
+    """`model` as bytes; a large one (`is_large`) as a weightless copy plus its weights as arrays.
+
+    pickle and Ray move numpy arrays as they are (no serialization over 2 GB, no bytes
+    object holding every weight a second time); `unpack` puts them back bit for bit.
+    """
+    if not is_large(model):
+        return PackedModel(model.SerializeToString(), {})
+    tensors = weights(model)
+    arrays = {t.name: numpy_helper.to_array(t) for t in tensors}
+    return PackedModel(weightless(model, tensors).SerializeToString(), arrays)
+
+
+def unpack(packed: PackedModel) -> onnx.ModelProto:
+    """The model `pack` packed, weights in place (raw data; a stub's doc_string is kept)."""
+    model = onnx.load_from_string(packed.structure)
+    for stub in model.graph.initializer:
+        if stub.name in packed.weights and is_stub(stub):
+            tensor = numpy_helper.from_array(packed.weights[stub.name], stub.name)
+            if stub.HasField("doc_string"):
+                tensor.doc_string = stub.doc_string
+            stub.CopyFrom(tensor)
     return model
 
 

@@ -18,7 +18,7 @@ import onnx
 from onnxmp import bops, graph, model_io, runtime
 from onnxmp import encodings as encodings_format
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.errors import BudgetError, OnnxmpError, PassError
+from onnxmp.errors import BudgetError, ModelError, OnnxmpError, PassError
 from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.passes import CANONICALIZE
@@ -110,7 +110,7 @@ class Budget:
 class Prepared:
     """The canonical model and every analysis the search needs."""
 
-    original: onnx.ModelProto
+    original: onnx.ModelProto  # weightless: its tensor names name the encodings; weights live in `model`
     model: onnx.ModelProto
     graph: graph.DataflowGraph
     analysis: GroupAnalysis
@@ -145,8 +145,11 @@ def run_passes(model: onnx.ModelProto, passes, *, verify: bool = False) -> onnx.
             raise
         except Exception as e:  # a bug in a pass: name it, keep the cause
             raise PassError(f"pass {run.__name__} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-        if verify:
-            onnx.checker.check_model(model)
+        if verify:  # a weightless check for large models: the checker serializes what it gets
+            try:
+                model_io.validate(model, f"after pass {run.__name__}")
+            except ModelError as e:
+                raise PassError(str(e)) from e
         logger.info("%s: %d -> %d nodes", run.__name__, before, len(model.graph.node))
     return model
 
@@ -159,7 +162,7 @@ def prepare(model: onnx.ModelProto, profile: HwProfile, calib: CalibrationSet, *
     sample_shapes = {name: arr.shape for name, arr in calib.arrays.items()}
     macs = bops.macs_per_op(bops.concrete_graph(canonical, sample_shapes))
     return Prepared(
-        original=model,
+        original=model_io.weightless(model, model_io.weights(model, min_bytes=0)),
         model=canonical,
         graph=index,
         analysis=analysis,
@@ -344,6 +347,7 @@ def quantize(
     model, profile, calib = load_inputs(model, profile, calib)
     output_dir = Path(output_dir)
     prepared = prepare(model, profile, calib, verify=verify)
+    del model  # a model loaded here lives on in prepared.model only
     timings["prepare_s"] = time.perf_counter() - start
     start = time.perf_counter()
     encodings = calibrate(

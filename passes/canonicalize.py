@@ -97,18 +97,40 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     static shape folds too; nodes left without consumers are removed.
     """
     weights = model_io.weights(model) if model_io.is_large(model) else []
-    copy = _private_copy(model, weights)  # graphsurgeon names the Constant nodes it imports
-    graph = gs.import_onnx(copy)
-    _set_values(graph, {t.name: t for t in weights})  # folding reads the caller's weights
+    graph, stubs = import_graph(model, weights)
     before = len(graph.nodes)
     graph.fold_constants(fold_shapes=True, error_ok=False).cleanup().toposort()
-    _set_values(graph, {t.name: t for t in copy.graph.initializer if model_io.is_stub(t)})
-    result = gs.export_onnx(graph, do_type_check=False)  # weightless: gs would copy each weight twice
+    result = export_graph(graph, model, stubs)
+    logger.debug("fold_constants: %d -> %d nodes", before, len(result.graph.node))
+    return model_io.restore_weights(_with_inferred_shapes(result), weights)
+
+
+def import_graph(
+    model: onnx.ModelProto, weights: list[onnx.TensorProto]
+) -> tuple[gs.Graph, dict[str, onnx.TensorProto]]:
+    """A graphsurgeon graph of a copy of `model`, weightless when `weights` are given.
+
+    The graph's constants named in `weights` read those protos (the caller's, loaded only
+    when a pass asks for their values). Also returns the copy's stubs by name, for `export_graph`.
+    """
+    copy = _private_copy(model, weights)  # graphsurgeon names the Constant nodes it imports
+    graph = gs.import_onnx(copy)
+    _set_values(graph, {t.name: t for t in weights})
+    return graph, {t.name: t for t in copy.graph.initializer if model_io.is_stub(t)}
+
+
+def export_graph(graph: gs.Graph, model: onnx.ModelProto, stubs: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """Export `graph` (from `import_graph`) with `model`'s IR version and opsets.
+
+    Constants still reading the caller's weights export as their `stubs` (graphsurgeon
+    would copy each weight twice): the result is weightless until `model_io.restore_weights`.
+    """
+    _set_values(graph, stubs)
+    result = gs.export_onnx(graph, do_type_check=False)
     result.ir_version = model.ir_version
     del result.opset_import[:]
     result.opset_import.extend(model.opset_import)
-    logger.debug("fold_constants: %d -> %d nodes", before, len(result.graph.node))
-    return model_io.restore_weights(_with_inferred_shapes(result), weights)
+    return result
 
 
 def _set_values(graph: gs.Graph, tensors: dict[str, onnx.TensorProto]) -> None:

@@ -3,6 +3,10 @@
 Why: the device runs the folded kernel, so quantizers must see folded weights; an
 unfolded BN would sit between a Conv and its activation quantizer and distort both the
 weight ranges and the sensitivity list.
+
+A large model (`model_io.is_large`) goes to graphsurgeon as a weightless copy whose
+constants read the caller's weights only where a fold needs them; the result gets the
+weights back once (`model_io.restore_weights`), never a graphsurgeon copy of each.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxmp import model_io
 from onnxmp.encodings import PROVENANCE_PREFIX
 from onnxmp.graph import all_names, unique_name
+from onnxmp.passes.canonicalize import export_graph, import_graph
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +36,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     3. the BN is in inference mode (one output).
     Other BNs are kept; each is logged at DEBUG with the reason.
     """
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    graph = gs.import_onnx(copy)
+    weights = model_io.weights(model) if model_io.is_large(model) else []
+    graph, stubs = import_graph(model, weights)  # a large model's weights are read only when folded
     taken = all_names(model)
     provenance: dict[str, str] = {}
     folded = 0
@@ -44,14 +49,11 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
         provenance.update(_fold(bn, taken))
         folded += 1
     logger.info("fold_batchnorm: folded %d BatchNormalization nodes", folded)
-    result = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
-    result.ir_version = model.ir_version
-    del result.opset_import[:]
-    result.opset_import.extend(model.opset_import)
+    result = export_graph(graph.cleanup().toposort(), model, stubs)
     for init in result.graph.initializer:
         if init.name in provenance:  # so encodings can name the user's tensor
             init.doc_string = f"{PROVENANCE_PREFIX}{provenance[init.name]}"
-    return result
+    return model_io.restore_weights(result, weights)
 
 
 def _why_not_foldable(bn: gs.Node, graph: gs.Graph) -> str | None:

@@ -197,7 +197,8 @@ def _dequantized_weight(init: onnx.TensorProto, enc: TensorEncoding, taken: set[
     out = unique_name(taken, f"{init.name}_dequantized")
     zp_shape = [len(scale)] if enc.axis is not None else []
     inits = [
-        helper.make_tensor(q_name, dtype, list(w.shape), w_int.ravel().tolist()),
+        # raw data in the storage type: int8 a byte, int4 packed two to a byte (not int32_data varints)
+        numpy_helper.from_array(w_int.astype(helper.tensor_dtype_to_np_dtype(dtype)), q_name),
         numpy_helper.from_array(scale if enc.axis is not None else scale.reshape(()), s_name),
         helper.make_tensor(z_name, dtype, zp_shape, [0] * (len(scale) if zp_shape else 1)),
     ]

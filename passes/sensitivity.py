@@ -24,7 +24,7 @@ from types import MappingProxyType
 import numpy as np
 import onnx
 
-from onnxmp import quant_math, runtime
+from onnxmp import model_io, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import build
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
@@ -84,12 +84,14 @@ class Phase1Job:
     """One worker's share of phase 1: the `pending` (group, candidate) pairs it measures.
 
     Everything a worker needs travels in the job (picklable for process pools and Ray):
-    the serialized canonical model, all groups in network order (every job walks the same
-    float frontier chain, so results do not depend on how phase 1 was split), the
-    encodings, the calibration inputs and the float reference outputs.
+    the canonical model (`model_io.pack`: a large one as a weightless copy plus its weights
+    as arrays, decided where the job is made, so workers need no thresholds), all groups
+    in network order (every job walks the same float frontier chain, so results do not
+    depend on how phase 1 was split), the encodings, the calibration inputs and the float
+    reference outputs.
     """
 
-    model: bytes
+    model: model_io.PackedModel
     groups: tuple[QuantizerGroup, ...]
     anchors: Mapping[str, str]
     encodings: Mapping[tuple[str, int], TensorEncoding]
@@ -168,11 +170,11 @@ def split_jobs(
     """Pending groups in network order, cut into at most `jobs` runs of similar size."""
     order = network_order(build(model), analysis.groups)
     todo = [g for g in order if any((g.id, c) in pending for c in g.candidates)]
-    serialized = model.SerializeToString()
+    packed = model_io.pack(model)  # one for all jobs: in this process they share its arrays
     chunks = _contiguous(todo, max(1, min(jobs, len(todo))))
     return [
         Phase1Job(
-            model=serialized, groups=tuple(order), anchors=dict(analysis.anchors), encodings=dict(encodings),
+            model=packed, groups=tuple(order), anchors=dict(analysis.anchors), encodings=dict(encodings),
             inputs=dict(calib.arrays), reference=reference,
             pending=frozenset((g.id, c) for g in chunk for c in g.candidates if (g.id, c) in pending),
             batch_size=batch_size, quantize_bias=quantize_bias, threads=threads,
@@ -211,7 +213,7 @@ def run_job(job: Phase1Job) -> Iterator[dict]:
     work only advance the float checkpoint), then each candidate runs the group's suffix
     over the frontier chunk by chunk, one ONNX Runtime session at a time.
     """
-    model = onnx.load_from_string(job.model)
+    model = model_io.unpack(job.model)
     index = build(model)
     analysis = GroupAnalysis(groups=job.groups, skipped=(), anchors=MappingProxyType(dict(job.anchors)))
     cuts = [(g, affected_nodes(index, g)) for g in job.groups]

@@ -1,4 +1,5 @@
-"""Models beyond the 2 GB protobuf limit: weightless copies, external-data saves, passes, sessions.
+"""Models beyond the 2 GB protobuf limit: weightless copies, external-data saves, passes, sessions,
+phase-1 jobs, MAC counting, `--debug` verification and a whole `quantize` run.
 
 A real model over 2 GB is too heavy for the test suite (a 2-core machine, a 10-minute suite),
 so the `large` fixture lowers the limits instead: `model_io.PROTOBUF_LIMIT` to 1 byte (every
@@ -9,15 +10,27 @@ kinds of initializer: external (w, wq) and inline (b, shape).
 
 from __future__ import annotations
 
+import json
+import pickle
+from pathlib import Path
+
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxmp import model_io, runtime
-from onnxmp.errors import ModelError
-from onnxmp.passes import CANONICALIZE
+from onnxmp import bops, hw_profile, model_io, pipeline, runtime
+from onnxmp import encodings as encodings_format
+from onnxmp.calib_data import CalibrationSet
+from onnxmp.errors import ModelError, PassError
+from onnxmp.passes import CANONICALIZE, fold_batchnorm, sensitivity
+from onnxmp.passes.calibrate import calibrate
+from onnxmp.passes.quantizer_groups import quantizer_groups
+from onnxmp.records import ExecutorKind
 from tests import builders
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 @pytest.fixture
@@ -180,3 +193,164 @@ def test_canonicalize_keeps_the_weights_of_a_large_model(large):
         np.testing.assert_array_equal(_arrays(canonical)[name], array)
     shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in canonical.graph.value_info}
     assert shapes == {"m": ["N", 64], "h": ["N", 64], "wf": [64, 64], "m2": ["N", 64]}
+
+
+@pytest.fixture
+def every_weight(large, monkeypatch):
+    """`large`, and every weight of the tiny builders is left out of weightless copies."""
+    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
+
+
+def _stubbed(model: onnx.ModelProto) -> list[str]:
+    return [t.name for t in model.graph.initializer if model_io.is_stub(t)]
+
+
+def test_a_packed_large_model_carries_its_weights_as_arrays_beside_a_weightless_copy(large):
+    model = _two_matmuls()
+    model.graph.initializer[0].doc_string = "onnxmp:from=w0"
+    packed = pickle.loads(pickle.dumps(model_io.pack(model)))  # as a pool worker receives it
+    assert sorted(packed.weights) == ["w", "wq"]
+    assert packed.weights["wq"].dtype == np.int8 and packed.weights["wq"].shape == (64, 64)
+    assert len(packed.structure) < 1024
+    unpacked = model_io.unpack(packed)
+    assert unpacked.graph.node == model.graph.node and not _stubbed(unpacked)
+    assert unpacked.graph.initializer[0] == model.graph.initializer[0]  # doc_string kept
+    assert unpacked.graph.initializer[2].raw_data  # wq: int32_data came back as raw bytes
+    for name, array in _arrays(model).items():
+        np.testing.assert_array_equal(_arrays(unpacked)[name], array, err_msg=name)
+
+
+def test_a_packed_small_model_is_its_serialization():
+    model = _two_matmuls()
+    packed = model_io.pack(model)
+    assert packed.weights == {} and packed.structure == model.SerializeToString()
+    assert model_io.unpack(packed) == model
+
+
+def _entries(jobs) -> list[dict]:
+    """What the jobs measure, run as a spawned worker gets them (pickled, normal thresholds)."""
+    return [
+        {k: v for k, v in entry.items() if k != "seconds"}
+        for job in jobs for entry in sensitivity.run_job(pickle.loads(pickle.dumps(job)))
+    ]
+
+
+def test_phase1_jobs_of_a_large_model_carry_its_weights_as_arrays(monkeypatch):
+    canon = builders.canonical(builders.residual_add())
+    profile = hw_profile.load_profile("research")
+    analysis = quantizer_groups(canon.graph, profile)
+    calib = CalibrationSet(builders.feeds_for(canon.model, batch=8))
+    encodings = calibrate(canon.model, canon.graph, analysis, calib, profile=profile)
+    pending = frozenset((g.id, c) for g in analysis.groups for c in g.candidates)
+    reference = sensitivity.reference_outputs(canon.model, calib, batch_size=4)
+
+    def split():
+        return sensitivity.split_jobs(
+            canon.model, analysis, encodings, calib, pending, reference, batch_size=4, quantize_bias=False, jobs=2
+        )
+
+    expected = split()
+    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
+    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
+    jobs = split()
+    monkeypatch.undo()
+    assert len(jobs) == 2 and jobs[0].model is jobs[1].model  # one set of arrays for all jobs
+    assert sorted(jobs[0].model.weights) == sorted(t.name for t in model_io.weights(canon.model, min_bytes=0)) != []
+    assert expected[0].model.weights == {}
+    assert _entries(jobs) == _entries(expected)
+
+
+def test_prepared_original_holds_names_but_no_weights(every_weight):
+    model = builders.conv_bn()
+    calib = CalibrationSet(builders.feeds_for(model, batch=4))
+    prepared = pipeline.prepare(model, hw_profile.load_profile("npu"), calib)
+    assert _stubbed(prepared.original) == ["w"]  # the BN vectors are small: inline
+    assert prepared.original.graph.node == model.graph.node
+    names = encodings_format.original_names(model, prepared.model)
+    assert encodings_format.original_names(prepared.original, prepared.model) == names
+    assert names["w_bnfold"] == "w"
+
+
+def test_verify_checks_a_large_model_after_every_pass_without_its_weights(every_weight, monkeypatch):
+    checked = []
+    check_model = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model", lambda m, *a, **k: (checked.append(m), check_model(m, *a, **k)))
+    model = builders.conv_bn()
+    canonical = pipeline.run_passes(model, CANONICALIZE, verify=True)
+    assert len(checked) == len(CANONICALIZE)
+    assert all(not t.raw_data for m in checked for t in m.graph.initializer if len(t.dims) > 1)
+    assert canonical == builders.canonical(model).model
+
+
+def test_verify_names_the_pass_that_broke_the_model(large):
+    def break_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+        broken = onnx.ModelProto()
+        broken.CopyFrom(model)
+        broken.graph.node[0].input[0] = "ghost"
+        return broken
+
+    with pytest.raises(PassError, match="after pass break_graph: invalid ONNX model: .*ghost"):
+        pipeline.run_passes(_two_matmuls(), [break_graph], verify=True)
+
+
+@pytest.mark.parametrize("name", ["conv_relu", "flatten_gemm", "pad_shape_chain", "conv_transpose", "batched_matmul"])
+def test_macs_of_a_large_model_come_from_shapes_inferred_without_weights(name, monkeypatch):
+    model = builders.canonical(builders.BUILDERS[name]()).model
+    sample_shapes = {k: v.shape for k, v in builders.feeds_for(model, batch=5).items()}
+    expected = bops.concrete_graph(model, sample_shapes)
+    inferred = []
+    infer_shapes = onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda m, **k: (inferred.append(_stubbed(m)), infer_shapes(m, **k))[1])
+    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
+    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
+    got = bops.concrete_graph(model, sample_shapes)
+    assert inferred == [[t.name for t in model_io.weights(model)]] and inferred[0]
+    assert bops.macs_per_op(got) == bops.macs_per_op(expected) != {}
+    assert got.shapes == expected.shapes
+
+
+@pytest.mark.parametrize("name", ["conv_bn", "gemm_bn", "conv_bn_shared"])
+def test_fold_batchnorm_hands_graphsurgeon_no_weights(name, monkeypatch):
+    model = builders.BUILDERS[name]()
+    expected = fold_batchnorm(model)
+    seen = []
+    import_onnx = gs.import_onnx
+    monkeypatch.setattr(gs, "import_onnx", lambda m, *a, **k: (seen.append(_stubbed(m)), import_onnx(m, *a, **k))[1])
+    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
+    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
+    folded = fold_batchnorm(model)
+    assert seen == [["w"]]  # the weight matrix; BN vectors are small and stay inline
+    assert not _stubbed(folded)
+    assert folded.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+
+
+# --- a whole run: digits on the research profile, every weight treated as large --------------
+
+
+def _quantize(out: Path, **settings) -> Path:
+    pipeline.quantize(
+        MODELS / "digits_cnn.onnx", profile="research", calib=MODELS / "digits_calib.npz", output_dir=out,
+        target_bops=0.3, settings=pipeline.Settings(**settings),
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def normal_run(tmp_path_factory) -> Path:
+    return _quantize(tmp_path_factory.mktemp("normal"), executor=ExecutorKind.LOCAL)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"executor": ExecutorKind.LOCAL}, {"executor": ExecutorKind.PROCESSES, "workers": 2}], ids=["local", "processes"]
+)
+def test_quantize_treating_every_weight_as_large_gives_the_same_results(normal_run, settings, every_weight, tmp_path):
+    # spawned workers import model_io afresh (thresholds unpatched): the jobs carry the split
+    out = _quantize(tmp_path, **settings)
+    for name in ("plan.json", "sensitivity.json", "encodings.json"):
+        assert json.loads((out / name).read_text()) == json.loads((normal_run / name).read_text()), name
+    assert (out / "model.qdq.onnx.data").is_file()  # saved with external data
+    expected, got = model_io.load(normal_run / "model.qdq.onnx"), model_io.load(out / "model.qdq.onnx")
+    assert got.graph.node == expected.graph.node
+    assert _arrays(got).keys() == _arrays(expected).keys()
+    for name, array in _arrays(expected).items():
+        np.testing.assert_array_equal(_arrays(got)[name], array, err_msg=name)

@@ -18,6 +18,7 @@ from onnxmp.calib_data import load_arrays
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier
 from onnxmp.passes.frontier_walk import FrontierWalk
 from onnxmp.passes.sensitivity import network_order
+from tests import builders
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "digits_cnn.onnx"
@@ -132,3 +133,22 @@ def test_the_walk_cannot_go_back(digits):
     _collect(walk, 2)
     with pytest.raises(ValueError, match="cannot go back"):
         walk.chunks(1)
+
+
+@pytest.mark.parametrize("budget", [0, 7 * 4 * 6 * 6 * 4, 2**40])  # nothing, r1 alone, everything
+def test_a_frontier_mixing_an_input_and_computed_tensors(budget):
+    # EfficientNet's first suffixes read the model input and computed tensors at once; with
+    # r1 stored and {c2, y} over the budget, the segment computing them does not read x
+    canon = builders.canonical(builders.residual_add())
+    feeds = builders.feeds_for(canon.model, batch=7)
+    frontiers = [("x",), ("r1",), ("x", "c2", "y")]
+    walk = FrontierWalk(canon.model, canon.graph, feeds, frontiers, batch_size=3, budget_bytes=budget)
+    sess = runtime.session(runtime.with_outputs(canon.model, ["r1", "c2"]))
+    r1, c2, y = sess.run(["r1", "c2", "y"], feeds)
+    expected = {"x": feeds["x"], "r1": r1, "c2": c2, "y": y}
+    for step, tensors in enumerate(frontiers):
+        chunks = list(walk.chunks(step))
+        assert [start for start, _ in chunks] == [0, 3, 6]
+        for name in tensors:
+            got = np.concatenate([values[name] for _, values in chunks])
+            np.testing.assert_allclose(got, expected[name], rtol=1e-6, atol=1e-6, err_msg=f"{step} {name}")

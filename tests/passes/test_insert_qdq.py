@@ -124,6 +124,25 @@ def test_weight_containers(bits, dtype):
     assert np.abs(w_int).max() == 2 ** (bits - 1) - 1
 
 
+@pytest.mark.parametrize(("bits", "bytes_per_value"), [(4, 0.5), (6, 1), (8, 1)])
+def test_integer_weights_are_raw_bytes_of_their_container(bits, bytes_per_value):
+    # conv_relu's w is [4, 3, 3, 3]: 108 values, 54 bytes as int4 (two a byte), 108 as int8
+    canon, analysis, _, encodings = _prepare(builders.conv_relu(), "research")
+    qdq = insert_qdq(
+        canon.model, analysis=analysis, plan=Plan({"conv": Candidate(bits, 8)}), encodings=encodings,
+        quantize_bias=True,
+    )
+    inits = {i.name: i for i in qdq.graph.initializer}
+    stored, bias = inits["w_quantized"], inits["b_quantized"]
+    assert len(stored.raw_data) == 108 * bytes_per_value and not stored.int32_data
+    assert (bias.data_type, len(bias.raw_data), bias.int32_data) == (TensorProto.INT32, 4 * 4, [])
+    enc = encodings[("w", bits)]
+    w = numpy_helper.to_array(next(i for i in canon.model.graph.initializer if i.name == "w"))
+    scale = np.asarray(enc.scale, np.float32).reshape(-1, 1, 1, 1)
+    expected = quant_math.quantize(w, scale, 0, enc.qmin, enc.qmax)
+    np.testing.assert_array_equal(numpy_helper.to_array(stored).astype(np.int64), expected)
+
+
 def test_6_bit_activation_is_clipped_to_64_levels():
     canon, analysis, feeds, encodings = _prepare(builders.conv_relu(), "research")
     qdq = insert_qdq(
