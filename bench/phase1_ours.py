@@ -42,7 +42,7 @@ from onnxmp.quant_math import signal_and_noise
 from onnxmp.records import GroupAnalysis, Plan
 from onnxmp.store import ResultStore
 
-BATCH = 16  # onnxmp's default batch size
+BATCH = pipeline.Settings().batch_size  # onnxmp's default
 
 
 def whole_model_phase1(prepared, encodings, calib: CalibrationSet, *, optimization: str, batch_size: int) -> int:
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--inputs", required=True)
     parser.add_argument("--profile", default="npu")
+    parser.add_argument("--batch-size", type=int, default=BATCH, help="phase 1's batch (and the float forward's)")
     parser.add_argument("--groups-every", type=int, default=1, help="measure every K-th group only")
     parser.add_argument("--technique", default="suffix",
                         choices=["naive", "ort-all", "ort-all-b16", "suffix", "suffix-processes"])
@@ -135,11 +136,11 @@ def main() -> None:
             if args.technique == "suffix-processes":
                 executor, jobs = (lambda work, consume: run_in_processes(work, consume, workers=2)), 2
             sensitivity(prepared.model, prepared.analysis, encodings, calib,
-                        store=ResultStore(Path(tmp) / "s.jsonl", "bench"), batch_size=BATCH,
+                        store=ResultStore(Path(tmp) / "s.jsonl", "bench"), batch_size=args.batch_size,
                         executor=executor, jobs=jobs, threads=1 if jobs > 1 else None)
     seconds = time.perf_counter() - start
     session_build_s = sessions.seconds
-    forward = float_forward_seconds(prepared.model, calib, BATCH)
+    forward = float_forward_seconds(prepared.model, calib, args.batch_size)
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({
         "technique": args.technique, "groups": len(groups), "evaluations": evaluations, "seconds": seconds,

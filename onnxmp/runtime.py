@@ -44,6 +44,7 @@ def session(
     threads: int | None = None,
     optimized_model_path: str | None = None,
     simulate: bool = True,
+    shared_arena: bool = False,
 ) -> ort.InferenceSession:
     """An InferenceSession on the CPU with deterministic settings.
 
@@ -66,6 +67,8 @@ def session(
         disabled = list(SIMULATION_DISABLED_OPTIMIZERS)
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
+    if shared_arena:
+        _use_shared_arena(options)
     payload, weights = _payload(model, options)
     try:
         sess = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
@@ -73,6 +76,18 @@ def session(
         raise ModelError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
     sess.onnxmp_weights = weights  # ORT reads these arrays in place: they live as long as the session
     return sess
+
+
+_SHARED_ARENA: list[bool] = []
+
+
+def _use_shared_arena(options: ort.SessionOptions) -> None:
+    """Draw activations from one process-wide arena that grows only by what a run asks for."""
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1: kSameAsRequested
+        _SHARED_ARENA.append(True)
+    options.add_session_config_entry("session.use_env_allocators", "1")
 
 
 def _payload(model: onnx.ModelProto | str, options: ort.SessionOptions) -> tuple[str | bytes, tuple[np.ndarray, ...]]:

@@ -123,7 +123,7 @@ class FrontierWalk:
             nodes = producing_nodes(self._graph, missing, set(self._stored))
             inputs = frontier(self._graph, nodes)
             segment = subgraph(self._model, self._graph, nodes, inputs, missing)
-            self._segment = (missing, runtime.session(segment, threads=self._threads), inputs)
+            self._segment = (missing, runtime.session(segment, threads=self._threads, shared_arena=True), inputs)
         _, sess, inputs = self._segment
         for k, start in enumerate(self._starts):
             computed = dict(zip(missing, sess.run(list(missing), {t: self._stored[t][k] for t in inputs}), strict=True))

@@ -259,7 +259,7 @@ def _measure_chunks(
 ) -> OutputNoise:
     """Noise of the outputs against the float reference; outputs `model` lacks add signal only."""
     noise = dict.fromkeys(reference, 0.0)
-    sess = runtime.session(model, threads=threads)
+    sess = runtime.session(model, threads=threads, shared_arena=True)
     names = [o.name for o in sess.get_outputs()]
     for start, feeds in chunks:
         for name, got in zip(names, sess.run(names, feeds), strict=True):
