@@ -6,7 +6,6 @@ its own. Each step takes records and returns records.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +22,7 @@ from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.executors import run_in_processes, run_on_ray
+from onnxmp.passes.executors import executor_for
 from onnxmp.passes.insert_qdq import (
     WeightStorage,
     insert_qdq,
@@ -57,9 +56,8 @@ STORE_NAME = "phase1.jsonl"
 @dataclass(frozen=True)
 class Settings:
     """How a run measures. Range method and batch size are part of the phase-1 store key;
-    the executor is not (every executor gives identical results). `workers=None` picks
-    one worker per 4 cores (ONNX Runtime's threads stop paying beyond that on a batch of 16);
-    a single worker runs in this process."""
+    the executor is not (every executor gives identical results). `workers=None` lets
+    `executors.executor_for` pick (one worker per 4 cores)."""
 
     range_method: RangeMethod = RangeMethod.MSE
     batch_size: int = 16
@@ -69,24 +67,6 @@ class Settings:
     executor: ExecutorKind = ExecutorKind.PROCESSES
     workers: int | None = None
     ray_address: str | None = None
-
-
-THREADS_PER_WORKER = 4
-
-
-def auto_workers() -> int:
-    return max(1, runtime.default_threads() // THREADS_PER_WORKER)
-
-
-def phase1_executor(settings: Settings):
-    """The executor callable, the number of jobs to split phase 1 into, and threads per job."""
-    workers = settings.workers or auto_workers()
-    if settings.executor is ExecutorKind.PROCESSES:
-        threads = max(1, runtime.default_threads() // workers)
-        return functools.partial(run_in_processes, workers=workers), workers, threads
-    if settings.executor is ExecutorKind.RAY:
-        return functools.partial(run_on_ray, address=settings.ray_address), max(2, workers), None
-    return None, 1, None
 
 
 @dataclass(frozen=True)
@@ -241,7 +221,7 @@ def search_point(
         missing = _missing_phase1(prepared.analysis, store)
         if missing:
             raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run `onnxmp quantize` first")
-    executor, jobs, threads = phase1_executor(settings)
+    executor, jobs, threads = executor_for(settings.executor, settings.workers, settings.ray_address)
     reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)  # once per run
     table = sensitivity(
         prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=settings.batch_size,

@@ -8,11 +8,31 @@ a job's numbers depend only on the job (fixed ONNX Runtime settings and thread c
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from collections.abc import Callable, Sequence
 
+from onnxmp import runtime
 from onnxmp.errors import OnnxmpError
-from onnxmp.passes.sensitivity import Phase1Job, run_job, run_jobs_here
+from onnxmp.passes.sensitivity import Executor, Phase1Job, run_job, run_jobs_here
+from onnxmp.records import ExecutorKind
+
+THREADS_PER_WORKER = 4  # ONNX Runtime's threads stop paying beyond about this on a batch of 16
+
+
+def executor_for(kind: ExecutorKind, workers: int | None, ray_address: str | None) -> tuple[Executor | None, int, int | None]:
+    """The executor, the number of jobs to cut phase 1 into, and ONNX Runtime threads per job.
+
+    `workers=None` means one worker per THREADS_PER_WORKER cores; a single local worker runs
+    in this process (spawning one would only add start-up time).
+    """
+    workers = workers or max(1, runtime.default_threads() // THREADS_PER_WORKER)
+    if kind is ExecutorKind.PROCESSES:
+        threads = max(1, runtime.default_threads() // workers)
+        return functools.partial(run_in_processes, workers=workers), workers, threads
+    if kind is ExecutorKind.RAY:
+        return functools.partial(run_on_ray, address=ray_address), max(2, workers), None
+    return None, 1, None
 
 
 def _run_to_list(job: Phase1Job) -> list[dict]:

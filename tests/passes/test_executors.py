@@ -66,3 +66,19 @@ def test_ray_cluster_on_loopback_matches_local_run(local_table, tmp_path):
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert table == local_table
+
+
+def test_executor_for_picks_one_worker_per_four_cores(monkeypatch):
+    from onnxmp import runtime
+    from onnxmp.passes.executors import executor_for
+
+    monkeypatch.setattr(runtime, "default_threads", lambda: 8)
+    _, jobs, threads = executor_for(ExecutorKind.PROCESSES, None, None)
+    assert (jobs, threads) == (2, 4)
+    monkeypatch.setattr(runtime, "default_threads", lambda: 2)
+    _, jobs, threads = executor_for(ExecutorKind.PROCESSES, None, None)
+    assert (jobs, threads) == (1, 2)  # one worker: runs in this process with both cores
+    _, jobs, threads = executor_for(ExecutorKind.PROCESSES, 2, None)
+    assert (jobs, threads) == (2, 1)
+    assert executor_for(ExecutorKind.LOCAL, 4, None) == (None, 1, None)
+    assert executor_for(ExecutorKind.RAY, None, "127.0.0.1:6379")[1:] == (2, None)
