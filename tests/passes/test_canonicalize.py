@@ -17,7 +17,7 @@ def _cases():
             yield pytest.param(run, name, id=f"{run.__name__}-{name}")
 
 
-@pytest.mark.parametrize(("run", "name"), _cases())
+@pytest.mark.parametrize(("run", "name"), list(_cases()))
 def test_input_is_not_mutated(run, name):
     model = builders.BUILDERS[name]()
     before = model.SerializeToString(deterministic=True)
@@ -25,19 +25,19 @@ def test_input_is_not_mutated(run, name):
     assert model.SerializeToString(deterministic=True) == before
 
 
-@pytest.mark.parametrize(("run", "name"), _cases())
+@pytest.mark.parametrize(("run", "name"), list(_cases()))
 def test_running_twice_equals_running_once(run, name):
     once = run(builders.BUILDERS[name]())
     twice = run(once)
     assert twice.SerializeToString(deterministic=True) == once.SerializeToString(deterministic=True)
 
 
-@pytest.mark.parametrize(("run", "name"), _cases())
+@pytest.mark.parametrize(("run", "name"), list(_cases()))
 def test_result_passes_the_checker(run, name):
     onnx.checker.check_model(run(builders.BUILDERS[name]()), full_check=True)
 
 
-@pytest.mark.parametrize(("run", "name"), _cases())
+@pytest.mark.parametrize(("run", "name"), list(_cases()))
 def test_outputs_are_unchanged(run, name):
     model = builders.BUILDERS[name]()
     oracles.assert_same_outputs(model, run(model), builders.feeds_for(model, batch=3), atol=1e-5)
