@@ -50,7 +50,10 @@ def session(
 
     `simulate=False` keeps ONNX Runtime's QDQ fusions (integer kernels), as a deployment
     runtime would run the model. A large model's weights reach ORT as in-memory external
-    initializers (see `_payload`), with bit-identical results.
+    initializers (see `_payload`), with bit-identical results. `shared_arena=True` draws
+    activations from one process-wide arena instead of the session's own, for the many
+    short-lived sessions of phase 1 (no arena regrown per session; it never shrinks, so
+    sessions with other working sets, like calibration's, keep their own).
 
     Raises:
         ModelError: ONNX Runtime cannot load the model.
