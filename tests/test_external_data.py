@@ -174,7 +174,7 @@ def _pass_cases():
             yield pytest.param(run, name, id=f"{run.__name__}-{name}")
 
 
-@pytest.mark.parametrize(("run", "name"), _pass_cases())
+@pytest.mark.parametrize(("run", "name"), list(_pass_cases()))
 def test_canonicalize_on_weightless_copies_gives_the_same_bytes(run, name, monkeypatch):
     model = builders.BUILDERS[name]()
     expected = run(model).SerializeToString(deterministic=True)
