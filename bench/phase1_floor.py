@@ -12,7 +12,6 @@ Run: python bench/phase1_floor.py
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import onnx
@@ -27,20 +26,9 @@ from onnxmp.records import Plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
+from phase1_ours import warm_seconds  # noqa: E402
 
-IMAGES, BATCH = 64, pipeline.Settings().batch_size
-
-
-def warm_seconds(sess, chunks) -> float:
-    names = [o.name for o in sess.get_outputs()]
-    sess.run(names, chunks[0][1])
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        for _, feeds in chunks:
-            sess.run(names, feeds)
-        best = min(best, time.perf_counter() - start)
-    return best
+IMAGES, BATCH, REPEATS = 64, pipeline.Settings().batch_size, 2
 
 
 def main() -> None:
@@ -55,13 +43,13 @@ def main() -> None:
     model, index = prepared.model, prepared.graph
     cuts = [(g, affected_nodes(index, g)) for g in network_order(index, prepared.analysis.groups)]
     walk = FrontierWalk(model, index, arrays, [frontier(index, n) for _, n in cuts], batch_size=BATCH, budget_bytes=2**40)
-    forward = warm_seconds(runtime.session(model), [(i, {k: v[i : i + BATCH] for k, v in arrays.items()})
-                                                    for i in range(0, IMAGES, BATCH)])
+    forward = warm_seconds(runtime.session(model), [{k: v[i : i + BATCH] for k, v in arrays.items()}
+                                                    for i in range(0, IMAGES, BATCH)], REPEATS)
     print(f"float forward, {IMAGES} images, batch {BATCH}: {forward:.3f} s (warm)")
     print(f"{'step':>4} {'group':<40} {'float':>6}  quantized suffix per candidate (x forward)")
-    total, pairs = 0.0, 0
+    total, float_total, pairs = 0.0, 0.0, 0
     for step, (group, nodes) in enumerate(cuts):
-        chunks = list(walk.chunks(step))
+        chunks = [feeds for _, feeds in walk.chunks(step)]
         outputs = [o for o in index.graph_outputs if index.producer_of.get(o) in nodes]
         suffix = subgraph(model, index, nodes, frontier(index, nodes), outputs)
         costs = []
@@ -69,11 +57,12 @@ def main() -> None:
             quantized = insert_qdq(suffix, analysis=prepared.analysis, plan=Plan({group.id: candidate}),
                                    encodings=encodings, weights=WeightStorage.FAKE_FLOAT,
                                    quantize_bias=prepared.profile.quantize_bias)
-            costs.append(warm_seconds(runtime.session(quantized), chunks) / forward)
-        total, pairs = total + sum(costs), pairs + len(costs)
-        float_cost = warm_seconds(runtime.session(suffix), chunks) / forward
+            costs.append(warm_seconds(runtime.session(quantized), chunks, REPEATS) / forward)
+        float_cost = warm_seconds(runtime.session(suffix), chunks, REPEATS) / forward
+        total, float_total, pairs = total + sum(costs), float_total + float_cost * len(costs), pairs + len(costs)
         print(f"{step:4d} {group.id[:40]:<40} {float_cost:6.2f}  " + " ".join(f"{c:.2f}" for c in costs))
-    print(f"floor: mean quantized-suffix cost over {pairs} (group, candidate) pairs = {total / pairs:.3f} forwards")
+    print(f"floor: mean quantized-suffix cost over {pairs} (group, candidate) pairs = {total / pairs:.3f} forwards "
+          f"(float suffixes alone: {float_total / pairs:.3f}; Q/DQ adds {100 * (total / float_total - 1):.1f} %)")
 
 
 if __name__ == "__main__":

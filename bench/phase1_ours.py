@@ -64,15 +64,17 @@ def whole_model_phase1(prepared, encodings, calib: CalibrationSet, *, optimizati
 
 def float_forward_seconds(model: onnx.ModelProto, calib: CalibrationSet, batch_size: int, repeats: int = 3) -> float:
     """The fastest of `repeats` float forward passes over the set (the naive method's unit)."""
-    sess = runtime.session(model)
-    for feeds in calib.batches(batch_size):  # warm-up
-        sess.run(None, feeds)
-        break
+    return warm_seconds(runtime.session(model), list(calib.batches(batch_size)), repeats)
+
+
+def warm_seconds(sess, feeds: list[dict], repeats: int) -> float:
+    """The fastest of `repeats` runs of `sess` over all `feeds`, after one warm-up run."""
+    sess.run(None, feeds[0])
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        for feeds in calib.batches(batch_size):
-            sess.run(None, feeds)
+        for batch in feeds:
+            sess.run(None, batch)
         best = min(best, time.perf_counter() - start)
     return best
 

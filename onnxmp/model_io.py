@@ -230,7 +230,9 @@ def pack(model: onnx.ModelProto) -> PackedModel:
     """
     if not is_large(model):
         return PackedModel(model.SerializeToString(), {})
-    tensors = weights(model)
+    # numpy's own dtypes only (isbuiltin 1): ONNX Runtime takes no OrtValue of bfloat16,
+    # float8 or int4 arrays, so those weights stay inline
+    tensors = [t for t in weights(model) if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).isbuiltin == 1]
     arrays = {t.name: numpy_helper.to_array(t) for t in tensors}
     return PackedModel(weightless(model, tensors).SerializeToString(), arrays)
 

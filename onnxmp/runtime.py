@@ -11,13 +11,13 @@ simulation would no longer compute exactly x_hat = s * (q - z) where the model s
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from onnxmp import model_io
 from onnxmp.errors import ModelError
@@ -81,29 +81,29 @@ def session(
     return sess
 
 
-_SHARED_ARENA: list[bool] = []
-
-
 def _use_shared_arena(options: ort.SessionOptions) -> None:
     """Draw activations from one process-wide arena that grows only by what a run asks for."""
-    if not _SHARED_ARENA:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1: kSameAsRequested
-        _SHARED_ARENA.append(True)
+    _register_shared_arena()
     options.add_session_config_entry("session.use_env_allocators", "1")
 
 
+@functools.cache
+def _register_shared_arena() -> None:
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1: kSameAsRequested
+
+
 def _payload(model: onnx.ModelProto | str, options: ort.SessionOptions) -> tuple[str | bytes, tuple[np.ndarray, ...]]:
-    """What ORT loads: a path, the serialized model, or, for a large model
-    (`model_io.is_large`), a weightless copy with its weights added to `options` as OrtValues
-    over numpy arrays, so ORT gets no second serialized copy (and none over 2 GB)."""
-    if isinstance(model, str) or not model_io.is_large(model):
-        return (model if isinstance(model, str) else model.SerializeToString()), ()
-    # numpy's own dtypes only (isbuiltin 1): bfloat16, float8 and int4 weights stay inline
-    tensors = [t for t in model_io.weights(model) if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).isbuiltin == 1]
-    arrays = tuple(numpy_helper.to_array(t) for t in tensors)
-    options.add_external_initializers([t.name for t in tensors], [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
-    return model_io.weightless(model, tensors).SerializeToString(), arrays
+    """What ORT loads: a path, or `model_io.pack(model)`: the serialized model, or for a
+    large model a weightless copy whose weights are added to `options` as OrtValues over
+    numpy arrays, so ORT gets no second serialized copy (and none over 2 GB)."""
+    if isinstance(model, str):
+        return model, ()
+    packed = model_io.pack(model)
+    arrays = tuple(packed.weights.values())
+    if arrays:
+        options.add_external_initializers(list(packed.weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+    return packed.structure, arrays
 
 
 def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:

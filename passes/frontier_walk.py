@@ -96,14 +96,17 @@ class FrontierWalk:
         wanted = [t for t in self._frontiers[step] if t not in self._stored]
         if not wanted:
             return
+        computed = self._computed(tuple(wanted))
+        filled: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         per_sample = _per_sample_bytes(self._graph, wanted)
-        if per_sample is None:  # symbolic dims: measure one chunk
-            first = next(self._computed(tuple(wanted)))[1]
+        if per_sample is None:  # symbolic dims: measure the first chunk (and keep it)
+            first = next(computed)[1]
             per_sample = sum(v[:1].nbytes for v in first.values())
+            for name, value in first.items():
+                filled[name].append(value)
         if per_sample * self._count > self._budget:
             return
-        filled: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
-        for _, values in self._computed(tuple(wanted)):
+        for _, values in computed:
             for name, value in values.items():
                 filled[name].append(value)
         self._segment = None

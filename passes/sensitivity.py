@@ -76,7 +76,8 @@ def measure(
     model: onnx.ModelProto, calib: CalibrationSet, reference: Mapping[str, np.ndarray], *, batch_size: int
 ) -> OutputNoise:
     """Signal and noise of the whole `model`'s outputs against the float `reference`."""
-    return _measure_suffix(model, dict(calib.arrays), reference, batch_size=batch_size)
+    chunks = zip(range(0, calib.num_samples, batch_size), calib.batches(batch_size), strict=True)
+    return _measure_chunks(model, chunks, reference, signal_of(reference))
 
 
 @dataclass(frozen=True)
@@ -216,46 +217,38 @@ def run_job(job: Phase1Job) -> Iterator[dict]:
     model = model_io.unpack(job.model)
     index = build(model)
     analysis = GroupAnalysis(groups=job.groups, skipped=(), anchors=MappingProxyType(dict(job.anchors)))
-    cuts = [(g, affected_nodes(index, g)) for g in job.groups]
+    cuts = [(g, nodes, frontier(index, nodes)) for g in job.groups for nodes in [affected_nodes(index, g)]]
     walk = FrontierWalk(
-        model, index, job.inputs, [frontier(index, nodes) for _, nodes in cuts],
+        model, index, job.inputs, [cut for _, _, cut in cuts],
         batch_size=job.batch_size, threads=job.threads, budget_bytes=job.frontier_budget_bytes,
     )
-    for step, (group, nodes) in enumerate(cuts):
+    signal = signal_of(job.reference)
+    for step, (group, nodes, cut) in enumerate(cuts):
         candidates = [c for c in group.candidates if (group.id, c) in job.pending]
         if not candidates:
             continue
         outputs = [o for o in index.graph_outputs if index.producer_of.get(o) in nodes]
-        suffix = subgraph(model, index, nodes, frontier(index, nodes), outputs)
+        suffix = subgraph(model, index, nodes, cut, outputs)
         for candidate in candidates:
             start = time.perf_counter()
             quantized = insert_qdq(
                 suffix, analysis=analysis, plan=Plan({group.id: candidate}), encodings=job.encodings,
                 weights=WeightStorage.FAKE_FLOAT, quantize_bias=job.quantize_bias,
             )
-            result = _measure_chunks(quantized, walk.chunks(step), job.reference, threads=job.threads)
+            result = _measure_chunks(quantized, walk.chunks(step), job.reference, signal, threads=job.threads)
             yield {
                 "group": group.id, "candidate": str(candidate), "signal": list(result.signal),
                 "noise": list(result.noise), "seconds": round(time.perf_counter() - start, 3),
             }
 
 
-def _measure_suffix(
-    model: onnx.ModelProto,
-    values: Mapping[str, np.ndarray],
-    reference: Mapping[str, np.ndarray],
-    *,
-    batch_size: int,
-    threads: int | None = None,
-) -> OutputNoise:
-    """Noise of `model`'s outputs over `values` (all samples) against the float reference."""
-    count = len(next(iter(values.values())))
-    chunks = ((i, {k: v[i : i + batch_size] for k, v in values.items()}) for i in range(0, count, batch_size))
-    return _measure_chunks(model, chunks, reference, threads=threads)
-
-
 def _measure_chunks(
-    model: onnx.ModelProto, chunks: Iterator[Chunk], reference: Mapping[str, np.ndarray], *, threads: int | None = None
+    model: onnx.ModelProto,
+    chunks: Iterator[Chunk],
+    reference: Mapping[str, np.ndarray],
+    signal: Mapping[str, float],
+    *,
+    threads: int | None = None,
 ) -> OutputNoise:
     """Noise of the outputs against the float reference; outputs `model` lacks add signal only."""
     noise = dict.fromkeys(reference, 0.0)
@@ -264,5 +257,9 @@ def _measure_chunks(
     for start, feeds in chunks:
         for name, got in zip(names, sess.run(names, feeds), strict=True):
             noise[name] += quant_math.signal_and_noise(reference[name][start : start + len(got)], got)[1]
-    signal = {name: quant_math.signal_and_noise(want, want)[0] for name, want in reference.items()}
     return OutputNoise(tuple(signal[n] for n in reference), tuple(noise[n] for n in reference))
+
+
+def signal_of(reference: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Sum of squares of each float output over all samples (the same for every evaluation)."""
+    return {name: quant_math.signal_and_noise(want, want)[0] for name, want in reference.items()}

@@ -15,6 +15,7 @@ import pytest
 
 from onnxmp import hw_profile, model_io, pipeline, runtime
 from onnxmp.calib_data import load_arrays
+from onnxmp.passes import frontier_walk
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier
 from onnxmp.passes.frontier_walk import FrontierWalk
 from onnxmp.passes.sensitivity import network_order
@@ -152,3 +153,36 @@ def test_a_frontier_mixing_an_input_and_computed_tensors(budget):
         for name in tensors:
             got = np.concatenate([values[name] for _, values in chunks])
             np.testing.assert_allclose(got, expected[name], rtol=1e-6, atol=1e-6, err_msg=f"{step} {name}")
+
+
+def test_frontiers_of_unknown_size_are_measured_on_their_first_chunk(digits, monkeypatch):
+    # symbolic dims: the walk sizes a frontier from its first computed chunk and keeps that
+    # chunk, so every segment session runs each chunk exactly once
+    model, _, inputs, frontiers = digits
+    wanted = sorted({t for f in frontiers for t in f})
+    whole = dict(zip(wanted, runtime.session(runtime.with_outputs(model, wanted)).run(wanted, inputs), strict=True))
+    sessions, runs = [], []
+    make_session = runtime.session
+
+    class CountingSession:
+        def __init__(self, *args, **kwargs):
+            self._sess = make_session(*args, **kwargs)
+            sessions.append(self)
+
+        def run(self, *args):
+            runs.append(self)
+            return self._sess.run(*args)
+
+    monkeypatch.setattr(frontier_walk, "_per_sample_bytes", lambda graph, tensors: None)
+    monkeypatch.setattr(frontier_walk.runtime, "session", CountingSession)
+    walk = _walk(digits, budget_bytes=2**40)
+    input_bytes = sum(v.nbytes for v in inputs.values())
+    stored = []
+    for step, tensors in enumerate(frontiers):
+        got = _collect(walk, step)
+        stored.append(walk.stored_bytes)
+        for name in tensors:
+            np.testing.assert_allclose(got[name], whole[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    assert max(stored) > input_bytes
+    chunks = len(range(0, SAMPLES, 5))
+    assert sessions and len(runs) == chunks * len(sessions)
