@@ -25,10 +25,10 @@ import imagenet  # noqa: E402
 
 from onnxmp import pipeline  # noqa: E402
 from onnxmp.passes.calibrate import calibrate  # noqa: E402
-from onnxmp.passes.search import SearchMethod, select_by_bops, select_by_target  # noqa: E402
-from onnxmp.passes.search.greedy import pareto_curve  # noqa: E402
-from onnxmp.passes.sensitivity import reference_outputs, sensitivity  # noqa: E402
+from onnxmp.phase1.sensitivity import reference_outputs, sensitivity  # noqa: E402
 from onnxmp.records import Candidate  # noqa: E402
+from onnxmp.search import SearchMethod, select_by_bops, select_by_target  # noqa: E402
+from onnxmp.search.greedy import pareto_curve  # noqa: E402
 
 PLAN = {
     "npu": {"homogeneous": ["W8A16", "W8A8", "W4A8"], "budgets": [0.5, 0.375, 0.3]},

@@ -19,9 +19,9 @@ import onnx
 from onnxmp import pipeline, runtime
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
-from onnxmp.passes.frontier_walk import FrontierWalk
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
-from onnxmp.passes.sensitivity import network_order
+from onnxmp.phase1.frontier_walk import FrontierWalk
+from onnxmp.phase1.sensitivity import network_order
 from onnxmp.records import Plan
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -22,7 +22,6 @@ from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.executors import executor_for
 from onnxmp.passes.insert_qdq import (
     WeightStorage,
     insert_qdq,
@@ -30,89 +29,26 @@ from onnxmp.passes.insert_qdq import (
     quantizers_for,
 )
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.passes.search import STRATEGIES, SearchMethod, select_by_bops, select_by_target
-from onnxmp.passes.search.greedy import predicted_sqnr_db
-from onnxmp.passes.sensitivity import STORE_KIND, measure, reference_outputs, sensitivity
+from onnxmp.phase1.executors import executor_for
+from onnxmp.phase1.sensitivity import STORE_KIND, measure, reference_outputs, sensitivity
 from onnxmp.records import (
     Candidate,
-    ExecutorKind,
     GroupAnalysis,
     ParetoCurve,
     ParetoPoint,
     Plan,
-    RangeMethod,
-    Selection,
     SensitivityTable,
     TensorEncoding,
 )
+from onnxmp.run_records import Budget, Prepared, Result, SearchOutcome, Settings, homogeneous_plan
+from onnxmp.search import STRATEGIES, select_by_bops, select_by_target
+from onnxmp.search.greedy import predicted_sqnr_db
 from onnxmp.store import ResultStore, run_key
 
 logger = logging.getLogger(__name__)
 
 Evaluate = Callable[[onnx.ModelProto], float]
 STORE_NAME = "phase1.jsonl"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How a run measures. Range method and batch size are part of the phase-1 store key;
-    the executor is not (every executor gives identical results). `workers=None` lets
-    `executors.executor_for` pick (one worker per 4 cores)."""
-
-    range_method: RangeMethod = RangeMethod.MSE
-    batch_size: int = 16
-    seed: int = 0
-    strategy: str = "greedy"
-    search: SearchMethod = SearchMethod.HYBRID
-    executor: ExecutorKind = ExecutorKind.PROCESSES
-    workers: int | None = None
-    ray_address: str | None = None
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Exactly one of: fixed `bits`, `target_bops`, `min_sqnr_db`, or `max_drop` (needs evaluate)."""
-
-    bits: Candidate | None = None
-    target_bops: float | None = None
-    min_sqnr_db: float | None = None
-    max_drop: float | None = None
-
-    def check(self, has_evaluate: bool) -> None:
-        chosen = [v for v in (self.bits, self.target_bops, self.min_sqnr_db, self.max_drop) if v is not None]
-        if len(chosen) != 1:
-            raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop")
-        if self.max_drop is not None and not has_evaluate:
-            raise BudgetError("--max-drop needs an evaluation: --eval-data FILE.npz or --eval module:function")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The canonical model and every analysis the search needs."""
-
-    original: onnx.ModelProto  # weightless: its tensor names name the encodings; weights live in `model`
-    model: onnx.ModelProto
-    graph: graph.DataflowGraph
-    analysis: GroupAnalysis
-    macs: Mapping[str, int]
-    group_bops: Mapping[str, Mapping[Candidate, int]]
-    reference_bops: int
-    profile: HwProfile
-    fingerprints: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Result:
-    """What a run produced: the chosen plan and point, the curve, and the files written."""
-
-    plan: Plan
-    point: ParetoPoint
-    curve: ParetoCurve
-    selection: Selection | None
-    sensitivity: SensitivityTable | None
-    paths: Mapping[str, Path]
-    timings: Mapping[str, float] = field(default_factory=dict)
-    float_score: float | None = None  # evaluate(float model), for --max-drop runs
 
 
 def run_passes(model: onnx.ModelProto, passes, *, verify: bool = False) -> onnx.ModelProto:
@@ -158,20 +94,6 @@ def prepare(model: onnx.ModelProto, profile: HwProfile, calib: CalibrationSet, *
     )
 
 
-def homogeneous_plan(analysis: GroupAnalysis, bits: Candidate, profile: HwProfile) -> Plan:
-    """Every group at `bits` (weightless groups at its activation width)."""
-    if bits not in profile.kernels:
-        allowed = ", ".join(str(k) for k in profile.kernels)
-        raise BudgetError(f"{bits} is not a kernel of profile {profile.name} (kernels: {allowed})")
-    choices = {}
-    for group in analysis.groups:
-        wanted = bits if group.weights else Candidate(None, bits.a_bits)
-        if wanted not in group.candidates:
-            raise BudgetError(f"group {group.id} cannot run at {bits} (allowed: {', '.join(map(str, group.candidates))})")
-        choices[group.id] = wanted
-    return Plan(choices)
-
-
 def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> ParetoPoint:
     """The curve record of any plan: relative BOPs and (with a table) predicted SQNR."""
     rel = bops.relative_bops(plan, prepared.group_bops, prepared.reference_bops)
@@ -189,17 +111,6 @@ def simulate(prepared: Prepared, plan: Plan, encodings) -> onnx.ModelProto:
 
 def measured_sqnr(prepared: Prepared, plan: Plan, encodings, calib: CalibrationSet, reference, batch_size: int) -> float:
     return measure(simulate(prepared, plan, encodings), calib, reference, batch_size=batch_size).sqnr_db
-
-
-@dataclass(frozen=True)
-class SearchOutcome:
-    """Phase 1, phase 2 and the selection: the curve (with what was measured) and the choice."""
-
-    curve: ParetoCurve
-    selection: Selection
-    table: SensitivityTable
-    timings: Mapping[str, float]
-    baseline_score: float | None = None
 
 
 def search_point(

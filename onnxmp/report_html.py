@@ -25,7 +25,7 @@ from onnxmp import bops
 from onnxmp.records import Candidate, ParetoPoint, Plan, QuantizerGroup, Selection, SensitivityTable
 
 if TYPE_CHECKING:  # pipeline sits above report modules: typing only, never imported
-    from onnxmp.pipeline import Prepared
+    from onnxmp.run_records import Prepared
 
 # svg.hashsalt fixes the ids matplotlib hashes; fonttype "path" draws glyphs so the page
 # looks the same whatever fonts the viewer has.

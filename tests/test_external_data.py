@@ -24,9 +24,10 @@ from onnxmp import bops, hw_profile, model_io, pipeline, runtime
 from onnxmp import encodings as encodings_format
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import ModelError, PassError
-from onnxmp.passes import CANONICALIZE, fold_batchnorm, sensitivity
+from onnxmp.passes import CANONICALIZE, fold_batchnorm
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.quantizer_groups import quantizer_groups
+from onnxmp.phase1 import sensitivity
 from onnxmp.records import ExecutorKind
 from tests import builders
 

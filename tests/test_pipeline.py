@@ -17,8 +17,8 @@ import pytest
 import onnxmp
 from onnxmp import pipeline, runtime
 from onnxmp.errors import BudgetError
-from onnxmp.passes.search.greedy import predicted_sqnr_db
 from onnxmp.records import Candidate
+from onnxmp.search.greedy import predicted_sqnr_db
 from tests import oracles
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from onnxmp.errors import BudgetError
-from onnxmp.passes.search import SearchMethod, select_by_bops, select_by_target
 from onnxmp.records import Candidate, ParetoPoint, Plan
+from onnxmp.search import SearchMethod, select_by_bops, select_by_target
 
 METHODS = list(SearchMethod)
 

@@ -28,8 +28,8 @@ from onnxmp import model_io, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import build
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
-from onnxmp.passes.frontier_walk import DEFAULT_BUDGET_BYTES, Chunk, FrontierWalk
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.phase1.frontier_walk import DEFAULT_BUDGET_BYTES, Chunk, FrontierWalk
 from onnxmp.records import (
     Candidate,
     GroupAnalysis,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from onnxmp import runtime
 from onnxmp.errors import OnnxmpError
-from onnxmp.passes.sensitivity import Executor, Phase1Job, run_job, run_jobs_here
+from onnxmp.phase1.sensitivity import Executor, Phase1Job, run_job, run_jobs_here
 from onnxmp.records import ExecutorKind
 
 THREADS_PER_WORKER = 4  # ONNX Runtime's threads stop paying beyond about this on a batch of 16

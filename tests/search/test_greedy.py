@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from onnxmp.passes.search import STRATEGIES
-from onnxmp.passes.search.greedy import pareto_curve, predicted_sqnr_db
 from onnxmp.records import Candidate, Plan, QuantizerGroup, SensitivityTable
+from onnxmp.search import STRATEGIES
+from onnxmp.search.greedy import pareto_curve, predicted_sqnr_db
 
 W8A16, W8A8, W6A8, W8A6, W6A6, W4A8 = (
     Candidate(8, 16), Candidate(8, 8), Candidate(6, 8), Candidate(8, 6), Candidate(6, 6), Candidate(4, 8),

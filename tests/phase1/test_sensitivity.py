@@ -24,7 +24,7 @@ from onnxmp.calib_data import CalibrationSet, load_arrays
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.passes.sensitivity import STORE_KIND, measure, reference_outputs, sensitivity
+from onnxmp.phase1.sensitivity import STORE_KIND, measure, reference_outputs, sensitivity
 from onnxmp.records import Candidate, Plan, TensorEncoding
 from onnxmp.store import ResultStore
 from tests import builders

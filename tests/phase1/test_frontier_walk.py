@@ -15,10 +15,10 @@ import pytest
 
 from onnxmp import hw_profile, model_io, pipeline, runtime
 from onnxmp.calib_data import load_arrays
-from onnxmp.passes import frontier_walk
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier
-from onnxmp.passes.frontier_walk import FrontierWalk
-from onnxmp.passes.sensitivity import network_order
+from onnxmp.phase1 import frontier_walk
+from onnxmp.phase1.frontier_walk import FrontierWalk
+from onnxmp.phase1.sensitivity import network_order
 from tests import builders
 
 REPO = Path(__file__).resolve().parents[2]

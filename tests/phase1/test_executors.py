@@ -70,7 +70,7 @@ def test_ray_cluster_on_loopback_matches_local_run(local_table, tmp_path):
 
 def test_executor_for_picks_one_worker_per_four_cores(monkeypatch):
     from onnxmp import runtime
-    from onnxmp.passes.executors import executor_for
+    from onnxmp.phase1.executors import executor_for
 
     monkeypatch.setattr(runtime, "default_threads", lambda: 8)
     _, jobs, threads = executor_for(ExecutorKind.PROCESSES, None, None)

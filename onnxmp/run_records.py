@@ -1,0 +1,118 @@
+"""The records a run passes between its steps: settings, budget, prepared model, outcome, result.
+
+Why: `pipeline` orders the steps, `report`/`report_html` describe what they produced, and the
+CLI builds settings; all of them name these records, so the records live apart from the
+steps (no `report -> pipeline` import). Each is frozen and built whole by the step that
+returns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from onnxmp.errors import BudgetError
+from onnxmp.graph import DataflowGraph
+from onnxmp.hw_profile import HwProfile
+from onnxmp.records import (
+    Candidate,
+    ExecutorKind,
+    GroupAnalysis,
+    ParetoCurve,
+    ParetoPoint,
+    Plan,
+    RangeMethod,
+    SearchMethod,
+    Selection,
+    SensitivityTable,
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a run measures. Range method and batch size are part of the phase-1 store key;
+    the executor is not (every executor gives identical results). `workers=None` lets
+    `executors.executor_for` pick (one worker per 4 cores)."""
+
+    range_method: RangeMethod = RangeMethod.MSE
+    batch_size: int = 16
+    seed: int = 0
+    strategy: str = "greedy"
+    search: SearchMethod = SearchMethod.HYBRID
+    executor: ExecutorKind = ExecutorKind.PROCESSES
+    workers: int | None = None
+    ray_address: str | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Exactly one of: fixed `bits`, `target_bops`, `min_sqnr_db`, or `max_drop` (needs evaluate)."""
+
+    bits: Candidate | None = None
+    target_bops: float | None = None
+    min_sqnr_db: float | None = None
+    max_drop: float | None = None
+
+    def check(self, has_evaluate: bool) -> None:
+        chosen = [v for v in (self.bits, self.target_bops, self.min_sqnr_db, self.max_drop) if v is not None]
+        if len(chosen) != 1:
+            raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop")
+        if self.max_drop is not None and not has_evaluate:
+            raise BudgetError("--max-drop needs an evaluation: --eval-data FILE.npz or --eval module:function")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The canonical model and every analysis the search needs."""
+
+    original: onnx.ModelProto  # weightless: its tensor names name the encodings; weights live in `model`
+    model: onnx.ModelProto
+    graph: DataflowGraph
+    analysis: GroupAnalysis
+    macs: Mapping[str, int]
+    group_bops: Mapping[str, Mapping[Candidate, int]]
+    reference_bops: int
+    profile: HwProfile
+    fingerprints: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run produced: the chosen plan and point, the curve, and the files written."""
+
+    plan: Plan
+    point: ParetoPoint
+    curve: ParetoCurve
+    selection: Selection | None
+    sensitivity: SensitivityTable | None
+    paths: Mapping[str, Path]
+    timings: Mapping[str, float] = field(default_factory=dict)
+    float_score: float | None = None  # evaluate(float model), for --max-drop runs
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Phase 1, phase 2 and the selection: the curve (with what was measured) and the choice."""
+
+    curve: ParetoCurve
+    selection: Selection
+    table: SensitivityTable
+    timings: Mapping[str, float]
+    baseline_score: float | None = None
+
+
+def homogeneous_plan(analysis: GroupAnalysis, bits: Candidate, profile: HwProfile) -> Plan:
+    """Every group at `bits` (weightless groups at its activation width)."""
+    if bits not in profile.kernels:
+        allowed = ", ".join(str(k) for k in profile.kernels)
+        raise BudgetError(f"{bits} is not a kernel of profile {profile.name} (kernels: {allowed})")
+    choices = {}
+    for group in analysis.groups:
+        wanted = bits if group.weights else Candidate(None, bits.a_bits)
+        if wanted not in group.candidates:
+            raise BudgetError(f"group {group.id} cannot run at {bits} (allowed: {', '.join(map(str, group.candidates))})")
+        choices[group.id] = wanted
+    return Plan(choices)
