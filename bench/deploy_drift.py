@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
 
-from onnxmp import pipeline, runtime  # noqa: E402
+from onnxmp import inputs, run_records, runtime, steps  # noqa: E402
 from onnxmp.calib_data import CalibrationSet  # noqa: E402
 from onnxmp.passes.calibrate import calibrate  # noqa: E402
 from onnxmp.passes.insert_qdq import insert_qdq  # noqa: E402
@@ -32,11 +32,11 @@ def main() -> None:
 
     model = onnx.load(str(imagenet.EFFICIENTNET))
     calib = CalibrationSet({"input": imagenet.calibration_images(model).arrays["input"][:32]})
-    model, profile, calib = pipeline.load_inputs(model, "npu", calib)
-    prepared = pipeline.prepare(model, profile, calib)
+    model, profile, calib = inputs.load_inputs(model, "npu", calib)
+    prepared = steps.prepare(model, profile, calib)
     encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=profile)
     feeds = {"input": calib.arrays["input"][:16]}
-    full = pipeline.homogeneous_plan(prepared.analysis, Candidate(8, 8), profile)
+    full = run_records.homogeneous_plan(prepared.analysis, Candidate(8, 8), profile)
     ids = list(full)
     print(f"{'groups quantized':>16}  {'last group':<40} {'integer vs simulated dB':>24}")
     for k in (1, 2, 3, 4, 6, 8, 12, 20, 30, len(ids)):

@@ -21,7 +21,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
 
-from onnxmp import pipeline  # noqa: E402
+from onnxmp import pipeline, run_records  # noqa: E402
 from onnxmp.records import RangeMethod  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> None:
             start = time.perf_counter()
             result = pipeline.quantize(
                 model, profile="npu", calib=calib, output_dir=Path(tmp) / f"{bits}-{method.value}", bits=bits,
-                settings=pipeline.Settings(range_method=method),
+                settings=run_records.Settings(range_method=method),
             )
             seconds = time.perf_counter() - start
             qdq = onnx.load(str(result.paths["model"]))

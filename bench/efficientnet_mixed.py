@@ -23,9 +23,8 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
 
-from onnxmp import pipeline  # noqa: E402
-from onnxmp.passes.calibrate import calibrate  # noqa: E402
-from onnxmp.phase1.sensitivity import reference_outputs, sensitivity  # noqa: E402
+from onnxmp import inputs, pipeline, run_records, steps  # noqa: E402
+from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
 from onnxmp.records import Candidate  # noqa: E402
 from onnxmp.search import SearchMethod, select_by_bops, select_by_target  # noqa: E402
 from onnxmp.search.greedy import pareto_curve  # noqa: E402
@@ -38,30 +37,32 @@ AIMET = {0.5: 82.77, 0.375: 81.15, 0.3: 75.23}  # aimet-onnx 2.42.0, measured on
 
 
 def run_profile(name: str, model: onnx.ModelProto, calib, images, labels, fp32: float) -> tuple[list, dict]:
-    settings = pipeline.Settings()
-    model_, profile, calib = pipeline.load_inputs(model, name, calib)
-    prepared = pipeline.prepare(model_, profile, calib)
-    encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=profile)
+    settings = run_records.Settings()
+    model_, profile, calib = inputs.load_inputs(model, name, calib)
+    prepared = steps.prepare(model_, profile, calib)
+    calibrated = steps.calibrate_ranges(prepared, calib, settings)
+    encodings = calibrated.encodings
     store = pipeline.open_store(imagenet.CACHE / f"phase1-{name}", prepared, settings)
     start = time.perf_counter()
-    table = sensitivity(prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=settings.batch_size)
+    context = Phase1Context(prepared.model, prepared.analysis, encodings, calib, calibrated.reference,
+                            settings.batch_size, profile.quantize_bias)
+    table = sensitivity(context, store=store)
     phase1 = time.perf_counter() - start
     curve = pareto_curve(table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
-    reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)
     evaluations = sum(len(g.candidates) for g in prepared.analysis.groups)
     print(f"[{name}] {len(prepared.analysis.groups)} groups, {evaluations} phase-1 evaluations, "
           f"phase 1 {phase1:.0f} s (0 if resumed), curve of {len(curve)} points", flush=True)
 
     def row(label: str, plan, kind: str):
-        point = pipeline.point_of(plan, prepared, table)
-        measured = pipeline.measured_sqnr(prepared, plan, encodings, calib, reference, settings.batch_size)
-        acc = imagenet.top1(pipeline.simulate(prepared, plan, encodings), images, labels)
+        point = steps.point_of(plan, prepared, table)
+        measured = steps.measured_sqnr(calibrated, plan, settings.batch_size)
+        acc = imagenet.top1(steps.simulate(prepared, plan, encodings), images, labels)
         print(f"  {label:<14} {kind:<12} BOPs {point.bops_rel:.4f}  top-1 {acc:6.2f}", flush=True)
         return (name, label, kind, point.bops_rel, point.predicted_sqnr_db, measured, acc)
 
     rows = [(name, "FP32", "float", 1.0, math.inf, math.inf, fp32)]
     for bits in PLAN[name]["homogeneous"]:
-        rows.append(row(bits, pipeline.homogeneous_plan(prepared.analysis, Candidate.parse(bits), profile), "homogeneous"))
+        rows.append(row(bits, run_records.homogeneous_plan(prepared.analysis, Candidate.parse(bits), profile), "homogeneous"))
     for budget in PLAN[name]["budgets"]:
         rows.append(row(f"MP@{budget:g}", select_by_bops(curve, budget).point.plan, "mixed"))
     context = {"prepared": prepared, "encodings": encodings, "curve": curve}
@@ -74,7 +75,7 @@ def search_comparison(context: dict, images, labels, fp32: float) -> None:
 
     def accuracy(i: int) -> float:
         if i not in cache:
-            cache[i] = imagenet.top1(pipeline.simulate(prepared, curve[i].plan, encodings), images, labels)
+            cache[i] = imagenet.top1(steps.simulate(prepared, curve[i].plan, encodings), images, labels)
         return cache[i]
 
     n = len(curve)

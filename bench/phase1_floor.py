@@ -16,19 +16,19 @@ from pathlib import Path
 
 import onnx
 
-from onnxmp import pipeline, runtime
+from onnxmp import inputs, run_records, runtime, steps
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 from onnxmp.phase1.frontier_walk import FrontierWalk
-from onnxmp.phase1.sensitivity import network_order
+from onnxmp.phase1.jobs import network_order
 from onnxmp.records import Plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
 from phase1_ours import warm_seconds  # noqa: E402
 
-IMAGES, BATCH, REPEATS = 64, pipeline.Settings().batch_size, 2
+IMAGES, BATCH, REPEATS = 64, run_records.Settings().batch_size, 2
 
 
 def main() -> None:
@@ -36,8 +36,8 @@ def main() -> None:
         print("../shared is absent: nothing to measure")
         return
     model = onnx.load(str(imagenet.EFFICIENTNET))
-    model, profile, calib = pipeline.load_inputs(model, "npu", imagenet.calibration_images(model))
-    prepared = pipeline.prepare(model, profile, calib)
+    model, profile, calib = inputs.load_inputs(model, "npu", imagenet.calibration_images(model))
+    prepared = steps.prepare(model, profile, calib)
     arrays = {k: v[:IMAGES] for k, v in calib.arrays.items()}
     encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=prepared.profile)
     model, index = prepared.model, prepared.graph

@@ -31,18 +31,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxmp import pipeline, runtime
+from onnxmp import inputs, run_records, runtime, steps
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 from onnxmp.phase1 import frontier_walk
-from onnxmp.phase1.executors import run_in_processes
-from onnxmp.phase1.sensitivity import reference_outputs, sensitivity
+from onnxmp.phase1.executors import Placement, run_in_processes
+from onnxmp.phase1.measure import reference_outputs
+from onnxmp.phase1.sensitivity import context_for, sensitivity
 from onnxmp.quant_math import signal_and_noise
 from onnxmp.records import GroupAnalysis, Plan
 from onnxmp.store import ResultStore
 
-BATCH = pipeline.Settings().batch_size  # onnxmp's default
+BATCH = run_records.Settings().batch_size  # onnxmp's default
 
 
 def whole_model_phase1(prepared, encodings, calib: CalibrationSet, *, optimization: str, batch_size: int) -> int:
@@ -119,8 +120,8 @@ def main() -> None:
     args = parser.parse_args()
     with np.load(args.inputs) as data:
         arrays = {k: data[k] for k in data.files if k != "label"}
-    model, profile, calib = pipeline.load_inputs(args.model, args.profile, arrays)
-    prepared = pipeline.prepare(model, profile, calib)
+    model, profile, calib = inputs.load_inputs(args.model, args.profile, arrays)
+    prepared = steps.prepare(model, profile, calib)
     groups = prepared.analysis.groups[:: args.groups_every]
     prepared = dataclasses.replace(prepared, analysis=GroupAnalysis(groups, (), prepared.analysis.anchors))
     encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=profile)
@@ -134,12 +135,11 @@ def main() -> None:
                            batch_size=16 if args.technique == "ort-all-b16" else 32)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            executor, jobs = (None, 1)
+            placement = Placement()
             if args.technique == "suffix-processes":
-                executor, jobs = (lambda work, consume: run_in_processes(work, consume, workers=2)), 2
-            sensitivity(prepared.model, prepared.analysis, encodings, calib,
-                        store=ResultStore(Path(tmp) / "s.jsonl", "bench"), batch_size=args.batch_size,
-                        executor=executor, jobs=jobs, threads=1 if jobs > 1 else None)
+                placement = Placement(lambda work, consume: run_in_processes(work, consume, workers=2), 2, 1)
+            context = context_for(prepared.model, prepared.analysis, encodings, calib, batch_size=args.batch_size)
+            sensitivity(context, store=ResultStore(Path(tmp) / "s.jsonl", "bench"), placement=placement)
     seconds = time.perf_counter() - start
     session_build_s = sessions.seconds
     forward = float_forward_seconds(prepared.model, calib, args.batch_size)

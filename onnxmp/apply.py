@@ -19,7 +19,7 @@ from onnxmp.errors import EncodingsError
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import weight_axis
 from onnxmp.passes.insert_qdq import Quantizers, WeightStorage, insert_quantizers
-from onnxmp.pipeline import run_passes
+from onnxmp.steps import run_passes
 
 
 def apply_encodings(

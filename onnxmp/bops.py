@@ -17,7 +17,7 @@ from onnx import shape_inference
 
 from onnxmp import model_io
 from onnxmp.graph import ATTR_TRANS_A, DataflowGraph, build, get_attribute
-from onnxmp.records import Candidate, GroupAnalysis, Plan
+from onnxmp.records import Candidate, GroupAnalysis, Plan, QuantizerGroup
 
 REFERENCE = Candidate(8, 16)
 
@@ -136,3 +136,9 @@ def relative_bops(plan: Plan, table: Mapping[str, Mapping[Candidate, int]], refe
     if reference == 0:
         return 0.0
     return sum(table[group][candidate] for group, candidate in plan.items()) / reference
+
+
+def macs_share(group: QuantizerGroup, macs: Mapping[str, int]) -> float:
+    """The group's fraction of all MACs (0.0 when the model has none)."""
+    total = sum(macs.values())
+    return sum(macs.get(op, 0) for op in group.ops) / total if total else 0.0

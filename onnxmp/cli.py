@@ -7,20 +7,20 @@ it holds no quantization logic. Results go to stdout, logs and progress to stder
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 
 from onnxmp import apply as apply_step
-from onnxmp import calib_data, pipeline, runtime
+from onnxmp import bops, calib_data, evaluate, hw_profile, model_io, pipeline, steps
 from onnxmp.calib_data import Preprocess
-from onnxmp.errors import CalibrationError, OnnxmpError
-from onnxmp.records import ExecutorKind, RangeMethod, SearchMethod
+from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError
+from onnxmp.records import ExecutorKind, RangeMethod, SearchMethod, Strategy
+from onnxmp.run_records import Result, Settings
 
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -66,7 +66,6 @@ def _setup_logging(verbose: int, debug: bool) -> None:
 
 def common_options(command):
     for option in reversed([
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for anything random."),
         click.option("-v", "--verbose", count=True, help="More log output on stderr."),
         click.option("--debug", is_flag=True, help="Show tracebacks; run onnx.checker after every pass."),
     ]):
@@ -81,49 +80,12 @@ def main() -> None:
 
 
 def _load_calib(model_path: str, calib: str | None, calib_images: str | None, preprocess: str, limit: int | None):
-    from onnxmp import model_io
-
     model = model_io.load(model_path)
     if (calib is None) == (calib_images is None):
         raise CalibrationError("give exactly one of --calib FILE.npz and --calib-images DIR")
     if calib is not None:
         return model, calib_data.load_arrays(calib, model, limit=limit)
     return model, calib_data.load_images(calib_images, model, Preprocess(preprocess), limit=limit)
-
-
-def _evaluator(eval_data: str | None, eval_fn: str | None, batch_size: int):
-    if eval_data is not None:
-        return top1_evaluator(Path(eval_data), batch_size)
-    if eval_fn is not None:
-        module_name, _, name = eval_fn.partition(":")
-        try:
-            return getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise OnnxmpError(f"--eval {eval_fn}: cannot import ({e})") from e
-    return None
-
-
-def top1_evaluator(path: Path, batch_size: int):
-    """An evaluation function: top-1 accuracy (%) on a labelled .npz (inputs + `label`)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"{path}: cannot read evaluation data: {e}") from e
-    if calib_data.LABEL_KEY not in arrays:
-        raise CalibrationError(f"{path}: no 'label' array for top-1 evaluation")
-    labels = arrays.pop(calib_data.LABEL_KEY)
-
-    def evaluate(model) -> float:
-        sess = runtime.session(model)
-        inputs = calib_data.validate(arrays, calib_data.model_inputs(model), str(path))
-        correct = 0
-        for batch_start, out in zip(range(0, len(labels), batch_size), runtime.run_batches(sess, inputs.batches(batch_size)), strict=True):
-            logits = next(iter(out.values()))
-            correct += int((logits.argmax(axis=-1) == labels[batch_start : batch_start + len(logits)]).sum())
-        return 100.0 * correct / len(labels)
-
-    return evaluate
 
 
 class _Progress:
@@ -164,6 +126,8 @@ def _run_options(command):
         click.option("--eval", "eval_fn", help="module:function scoring an onnx.ModelProto (--max-drop)."),
         click.option("--range-method", type=click.Choice([m.value for m in RangeMethod]), default="mse", show_default=True),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
+        click.option("--strategy", type=click.Choice([m.value for m in Strategy]), default="greedy", show_default=True,
+                     help="Phase-2 strategy that builds the curve."),
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
                      help="Samples per ONNX Runtime run (results do not depend on it beyond float rounding)."),
         click.option("--executor", type=click.Choice([e.value for e in ExecutorKind]), default="processes",
@@ -173,29 +137,80 @@ def _run_options(command):
         click.option("--ray-address", default=None, help="Ray cluster address (default: start a local one)."),
         click.option("--encodings-version", type=click.Choice(["1.0.0", "0.6.1"]), default="1.0.0", show_default=True,
                      help="AIMET encodings format of out/encodings.json."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for strategies that draw."),
     ]):
         command = option(command)
     return common_options(command)
 
 
-def _run(require_stored: bool, **kw) -> None:
-    _setup_logging(kw["verbose"], kw["debug"])
-    model_path = Path(kw["model_path"])
-    output_dir = _output_dir(kw["output_dir"])
-    if output_dir.resolve() == model_path.parent.resolve() and (output_dir / "model.qdq.onnx").resolve() == model_path.resolve():
+@dataclass(frozen=True)
+class RunOptions:
+    """The options of `quantize` and `search`, typed (click passes them by name)."""
+
+    model_path: str
+    profile: str
+    calib: str | None
+    calib_images: str | None
+    preprocess: str
+    num_calib: int | None
+    output_dir: str
+    bits: str | None
+    target_bops: float | None
+    min_sqnr: float | None
+    max_drop: float | None
+    eval_data: str | None
+    eval_fn: str | None
+    range_method: str
+    search: str
+    strategy: str
+    batch_size: int
+    executor: str
+    workers: int | None
+    ray_address: str | None
+    encodings_version: str
+    seed: int
+    verbose: int
+    debug: bool
+
+    def settings(self, *, require_stored: bool) -> Settings:
+        return Settings(
+            range_method=RangeMethod(self.range_method), batch_size=self.batch_size, seed=self.seed,
+            strategy=Strategy(self.strategy), search=SearchMethod(self.search), executor=ExecutorKind(self.executor),
+            workers=self.workers, ray_address=self.ray_address, encodings_version=self.encodings_version,
+            require_stored=require_stored, verify=self.debug,
+        )
+
+    def evaluator(self) -> evaluate.Evaluate | None:
+        if self.eval_data is not None:
+            return evaluate.top1_evaluator(Path(self.eval_data), self.batch_size)
+        if self.eval_fn is not None:
+            return evaluate.imported_evaluator(self.eval_fn)
+        return None
+
+
+def _check_budget_flags(options: RunOptions) -> None:
+    """The budget errors a user can fix with flags, in the flags' names."""
+    given = [options.bits, options.target_bops, options.min_sqnr, options.max_drop]
+    if sum(v is not None for v in given) != 1:
+        raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop")
+    if options.max_drop is not None and options.eval_data is None and options.eval_fn is None:
+        raise BudgetError("--max-drop needs an evaluation: --eval-data FILE.npz or --eval module:function")
+
+
+def _run(options: RunOptions, *, require_stored: bool) -> None:
+    _setup_logging(options.verbose, options.debug)
+    _check_budget_flags(options)
+    model_path = Path(options.model_path)
+    output_dir = _output_dir(options.output_dir)
+    if (output_dir / "model.qdq.onnx").resolve() == model_path.resolve():
         raise OnnxmpError("the output would overwrite the input model; choose another --output-dir")
-    model, calib = _load_calib(kw["model_path"], kw["calib"], kw["calib_images"], kw["preprocess"], kw["num_calib"])
-    settings = pipeline.Settings(
-        range_method=RangeMethod(kw["range_method"]), batch_size=kw["batch_size"], seed=kw["seed"],
-        search=SearchMethod(kw["search"]), executor=ExecutorKind(kw["executor"]), workers=kw["workers"],
-        ray_address=kw["ray_address"],
+    model, calib = _load_calib(
+        options.model_path, options.calib, options.calib_images, options.preprocess, options.num_calib
     )
     result = pipeline.quantize(
-        model, profile=kw["profile"], calib=calib, output_dir=output_dir, bits=kw["bits"],
-        target_bops=kw["target_bops"], min_sqnr_db=kw["min_sqnr"], max_drop=kw["max_drop"],
-        evaluate=_evaluator(kw["eval_data"], kw["eval_fn"], kw["batch_size"]), settings=settings,
-        progress=_Progress(), require_stored=require_stored, verify=kw["debug"],
-        encodings_version=kw["encodings_version"],
+        model, profile=options.profile, calib=calib, output_dir=output_dir, bits=options.bits,
+        target_bops=options.target_bops, min_sqnr_db=options.min_sqnr, max_drop=options.max_drop,
+        evaluate=options.evaluator(), settings=options.settings(require_stored=require_stored), progress=_Progress(),
     )
     _summary(result)
 
@@ -207,7 +222,7 @@ def _output_dir(text: str) -> Path:
     return path
 
 
-def _summary(result: pipeline.Result) -> None:
+def _summary(result: Result) -> None:
     point = result.point
     counts: dict[str, int] = {}
     for candidate in result.plan.values():
@@ -229,17 +244,17 @@ def _summary(result: pipeline.Result) -> None:
 @main.command()
 @_run_options
 @handle_errors
-def quantize(**kw) -> None:
+def quantize(**options) -> None:
     """Quantize MODEL_PATH: homogeneous (--bits) or mixed precision (a budget)."""
-    _run(require_stored=False, **kw)
+    _run(RunOptions(**options), require_stored=False)
 
 
 @main.command()
 @_run_options
 @handle_errors
-def search(**kw) -> None:
+def search(**options) -> None:
     """Re-run phase 2 and the selection for a new budget from the phase-1 store in -o DIR."""
-    _run(require_stored=True, **kw)
+    _run(RunOptions(**options), require_stored=True)
 
 
 @main.command()
@@ -249,7 +264,7 @@ def search(**kw) -> None:
 @click.option("-o", "--output-dir", required=True, help="Where model.qdq.onnx goes (a folder).")
 @common_options
 @handle_errors
-def apply(model_path: str, encodings_path: str, output_dir: str, seed: int, verbose: int, debug: bool) -> None:
+def apply(model_path: str, encodings_path: str, output_dir: str, verbose: int, debug: bool) -> None:
     """Build the QDQ model of MODEL_PATH from an encodings file."""
     _setup_logging(verbose, debug)
     path, unknown = apply_step.apply_encodings(model_path, encodings_path, _output_dir(output_dir), verify=debug)
@@ -264,23 +279,14 @@ def apply(model_path: str, encodings_path: str, output_dir: str, seed: int, verb
 @click.option("--profile", required=True, help="Built-in profile name or a YAML path.")
 @common_options
 @handle_errors
-def groups(model_path: str, profile: str, seed: int, verbose: int, debug: bool) -> None:
+def groups(model_path: str, profile: str, verbose: int, debug: bool) -> None:
     """List the quantizer groups of MODEL_PATH and the ops left in float, with reasons."""
-    from onnxmp import bops, graph, hw_profile, model_io
-    from onnxmp.passes import CANONICALIZE
-    from onnxmp.passes.quantizer_groups import quantizer_groups
-
     _setup_logging(verbose, debug)
-    model = pipeline.run_passes(model_io.load(model_path), CANONICALIZE, verify=debug)
-    loaded = hw_profile.load_profile(profile)
-    index = graph.build(model)
-    analysis = quantizer_groups(index, loaded)
-    shapes = {name: (1, *[d or 1 for d in dims[1:]]) for name, (_, dims) in calib_data.model_inputs(model).items()}
-    macs = bops.macs_per_op(bops.concrete_graph(model, shapes))
-    total = sum(macs.values()) or 1
-    click.echo(f"{len(analysis.groups)} groups on profile {loaded.name}")
+    prepared = steps.prepare(model_io.load(model_path), hw_profile.load_profile(profile), None, verify=debug)
+    analysis = prepared.analysis
+    click.echo(f"{len(analysis.groups)} groups on profile {prepared.profile.name}")
     for group in analysis.groups:
-        share = 100 * sum(macs.get(op, 0) for op in group.ops) / total
+        share = 100 * bops.macs_share(group, prepared.macs)
         click.echo(f"- {group.id}  [{' '.join(map(str, group.candidates))}]  MACs {share:.2f}%")
         click.echo(f"    ops: {', '.join(group.ops)}")
         click.echo(f"    weights: {', '.join(group.weights) or '-'}")

@@ -37,3 +37,7 @@ class EncodingsError(OnnxmpError):
 
 class StoreError(OnnxmpError):
     """A results store that cannot be read or written."""
+
+
+class RunError(OnnxmpError):
+    """A run that could not finish (a worker died, an executor lost results); a rerun resumes."""

@@ -7,6 +7,7 @@ stages, and nothing is read by position. Tests compare these records directly.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ class SearchMethod(enum.Enum):
     SEQUENTIAL = "sequential"
     BINARY = "binary"
     HYBRID = "hybrid"
+
+
+class Strategy(enum.Enum):
+    """Which phase-2 strategy builds the curve (onnxmp.search.STRATEGIES maps each to a function)."""
+
+    GREEDY = "greedy"
 
 
 class ExecutorKind(enum.Enum):
@@ -203,6 +210,21 @@ class SensitivityTable:
 
     def of(self, group_id: str, candidate: Candidate) -> float:
         return self.sqnr_db[(group_id, candidate)]
+
+    def predicted_sqnr_db(self, plan: Plan) -> float:
+        """Phase 2's model: the groups' noise-to-signal ratios add at the output, so a plan's
+        SQNR is -10 log10 of their sum (+inf when every group changes nothing)."""
+        total = sum(noise_ratio(self.of(g, c)) for g, c in plan.items())
+        return math.inf if total == 0 else -10 * math.log10(total)
+
+
+def noise_ratio(sqnr_db: float) -> float:
+    """10^(-SQNR/10); 0 for +inf dB.
+
+    >>> noise_ratio(20.0), noise_ratio(math.inf)
+    (0.01, 0.0)
+    """
+    return 0.0 if sqnr_db == math.inf else 10 ** (-sqnr_db / 10)
 
 
 @dataclass(frozen=True, slots=True)

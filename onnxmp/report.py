@@ -13,9 +13,10 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from onnxmp import model_io
+from onnxmp import bops, model_io
 from onnxmp.records import ParetoCurve, ParetoPoint, Plan, Selection, SensitivityTable
 from onnxmp.report_html import report_html
+from onnxmp.run_records import Decision, Prepared
 
 
 def _number(value: float | None) -> float | str | None:
@@ -25,8 +26,8 @@ def _number(value: float | None) -> float | str | None:
     return "inf" if value == math.inf else round(float(value), 6)
 
 
-def plan_json(prepared, plan: Plan, point: ParetoPoint) -> dict:
-    total_macs = sum(prepared.macs.values()) or 1
+def plan_json(prepared: Prepared, plan: Plan, point: ParetoPoint) -> dict:
+    """The chosen plan group by group, with the ops left in float and why."""
     groups = []
     for group in prepared.analysis.groups:
         if group.id not in plan:
@@ -37,7 +38,7 @@ def plan_json(prepared, plan: Plan, point: ParetoPoint) -> dict:
             "ops": list(group.ops),
             "weights": list(group.weights),
             "activations": list(group.activations),
-            "macs_share": round(sum(prepared.macs.get(op, 0) for op in group.ops) / total_macs, 6),
+            "macs_share": round(bops.macs_share(group, prepared.macs), 6),
         })
     return {
         "profile": prepared.profile.name,
@@ -50,7 +51,7 @@ def plan_json(prepared, plan: Plan, point: ParetoPoint) -> dict:
     }
 
 
-def sensitivity_json(prepared, table: SensitivityTable) -> dict:
+def sensitivity_json(prepared: Prepared, table: SensitivityTable) -> dict:
     return {
         group.id: {str(c): _number(table.of(group.id, c)) for c in group.candidates}
         for group in prepared.analysis.groups
@@ -77,7 +78,7 @@ def _csv(value: float | None) -> str:
     return "" if number is None else str(number)
 
 
-def report_md(prepared, plan: Plan, point: ParetoPoint, selection: Selection | None, timings: Mapping[str, float]) -> str:
+def report_md(prepared: Prepared, plan: Plan, point: ParetoPoint, selection: Selection | None, timings: Mapping[str, float]) -> str:
     lines = [
         "# onnxmp report", "",
         f"- profile: {prepared.profile.name}",
@@ -94,19 +95,18 @@ def report_md(prepared, plan: Plan, point: ParetoPoint, selection: Selection | N
     return "\n".join(lines) + "\n"
 
 
-def write_all(
-    prepared, plan: Plan, output_dir: Path, *, point, curve, table, selection, timings, absent=None
-) -> dict[str, Path]:
+def write_all(prepared: Prepared, decision: Decision, output_dir: Path, *, absent: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Write plan.json, pareto.csv, report.md, report.html and (after phase 1) sensitivity.json."""
+    plan, point, table = decision.plan, decision.point, decision.table
     plan_data = plan_json(prepared, plan, point)
     plan_data["encodings_absent"] = [{"tensor": t, "reason": r} for t, r in sorted((absent or {}).items())]
     paths = {
         "plan": model_io.write_text(json.dumps(plan_data, indent=2) + "\n", output_dir / "plan.json"),
-        "pareto": model_io.write_text(pareto_csv(curve), output_dir / "pareto.csv"),
-        "report": model_io.write_text(report_md(prepared, plan, point, selection, timings), output_dir / "report.md"),
-        "html": model_io.write_text(
-            report_html(prepared, plan, point=point, curve=curve, table=table, selection=selection, timings=timings),
-            output_dir / "report.html",
+        "pareto": model_io.write_text(pareto_csv(decision.curve), output_dir / "pareto.csv"),
+        "report": model_io.write_text(
+            report_md(prepared, plan, point, decision.selection, decision.timings), output_dir / "report.md"
         ),
+        "html": model_io.write_text(report_html(prepared, decision), output_dir / "report.html"),
     }
     if table is not None:
         text = json.dumps(sensitivity_json(prepared, table), indent=2) + "\n"

@@ -12,20 +12,16 @@ from __future__ import annotations
 import html
 import io
 import math
-import platform
 import re
-from collections.abc import Mapping, Sequence
-from importlib import import_module, metadata
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
 
-from onnxmp import bops
-from onnxmp.records import Candidate, ParetoPoint, Plan, QuantizerGroup, Selection, SensitivityTable
-
-if TYPE_CHECKING:  # pipeline sits above report modules: typing only, never imported
-    from onnxmp.run_records import Prepared
+from onnxmp import bops, versions
+from onnxmp.errors import BudgetError
+from onnxmp.records import ParetoPoint, Plan, QuantizerGroup, SensitivityTable
+from onnxmp.run_records import Decision, Prepared, homogeneous_plan
 
 # svg.hashsalt fixes the ids matplotlib hashes; fonttype "path" draws glyphs so the page
 # looks the same whatever fonts the viewer has.
@@ -36,21 +32,13 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 th{background:#f0f0f0}svg{max-width:100%;height:auto}code{font-size:.9em}"""
 
 
-def report_html(
-    prepared: Prepared,
-    plan: Plan,
-    *,
-    point: ParetoPoint,
-    curve: Sequence[ParetoPoint],
-    table: SensitivityTable | None,
-    selection: Selection | None,
-    timings: Mapping[str, float],
-) -> str:
+def report_html(prepared: Prepared, decision: Decision) -> str:
     """Return the report page as a string; the caller writes it (atomically).
 
-    `table` and `selection` are None for a homogeneous run: the page then shows the one
-    measured point and says that phase 1 did not run.
+    The decision's table and selection are None for a homogeneous run: the page then shows
+    the one measured point and says that phase 1 did not run.
     """
+    plan, point, curve, table = decision.plan, decision.point, decision.curve, decision.table
     baselines = _homogeneous_points(prepared, table) if table is not None else []
     with matplotlib.rc_context(_RC):
         pareto = _svg(_pareto_figure(point, curve, baselines), "pareto")
@@ -70,7 +58,7 @@ def report_html(
         "<h2>Sensitivity per group (network order)</h2>", sensitivity,
         "<h2>Chosen plan</h2>", _plan_table(prepared, plan, table),
         "<h2>Ops left in float</h2>", _float_ops(prepared),
-        "<h2>Run facts</h2>", _table(("fact", "value"), _facts(prepared, point, selection, timings)),
+        "<h2>Run facts</h2>", _table(("fact", "value"), _facts(prepared, decision)),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>onnxmp report: {_e(prepared.profile.name)}</title><style>{_CSS}</style></head>\n"
@@ -85,28 +73,13 @@ def _homogeneous_points(prepared: Prepared, table: SensitivityTable) -> list[tup
     """
     points = []
     for kernel in prepared.profile.kernels:
-        plan = _everywhere(prepared.analysis.groups, kernel)
-        if plan is not None:
-            rel = bops.relative_bops(plan, prepared.group_bops, prepared.reference_bops)
-            points.append((str(kernel), rel, _predicted_db(plan, table)))
+        try:
+            plan = homogeneous_plan(prepared.analysis, kernel, prepared.profile)
+        except BudgetError:
+            continue
+        rel = bops.relative_bops(plan, prepared.group_bops, prepared.reference_bops)
+        points.append((str(kernel), rel, table.predicted_sqnr_db(plan)))
     return points
-
-
-def _everywhere(groups: Sequence[QuantizerGroup], kernel: Candidate) -> Plan | None:
-    """Every group at `kernel`, weightless groups at its activation width; None if not allowed."""
-    choices = {}
-    for group in groups:
-        wanted = kernel if group.weights else Candidate(None, kernel.a_bits)
-        if wanted not in group.candidates:
-            return None
-        choices[group.id] = wanted
-    return Plan(choices)
-
-
-def _predicted_db(plan: Plan, table: SensitivityTable) -> float:
-    """Noise-to-signal ratios add (phase 2's model); computed here, not imported from search."""
-    noise = sum(0.0 if db == math.inf else 10 ** (-db / 10) for db in (table.of(g, c) for g, c in plan.items()))
-    return math.inf if noise == 0 else -10 * math.log10(noise)
 
 
 def _pareto_figure(point: ParetoPoint, curve: Sequence[ParetoPoint], baselines) -> Figure:
@@ -182,12 +155,11 @@ def _svg(fig: Figure, prefix: str) -> str:
 
 
 def _plan_table(prepared: Prepared, plan: Plan, table: SensitivityTable | None) -> str:
-    total = sum(prepared.macs.values()) or 1
     rows = []
     for group in prepared.analysis.groups:
         if group.id not in plan:
             continue
-        share = sum(prepared.macs.get(op, 0) for op in group.ops) / total
+        share = bops.macs_share(group, prepared.macs)
         alone = _db(table.of(group.id, plan[group.id])) if table is not None else "–"
         rows.append((group.id, ", ".join(group.ops), str(plan[group.id]), f"{100 * share:.1f} %", alone))
     return _table(("group", "ops", "W/A bits", "share of MACs", "SQNR alone (dB)"), rows)
@@ -200,13 +172,14 @@ def _float_ops(prepared: Prepared) -> str:
     return _table(("node", "op type", "reason"), [(s.node, s.op_type, s.reason) for s in skipped])
 
 
-def _facts(prepared: Prepared, point: ParetoPoint, selection: Selection | None, timings) -> list[tuple[str, str]]:
+def _facts(prepared: Prepared, decision: Decision) -> list[tuple[str, str]]:
+    point, selection = decision.point, decision.selection
     how = ("homogeneous (no search)" if selection is None
            else f"{selection.method}, curve index {selection.index}, {selection.evaluations} evaluations")
     rows = [("selection", how), ("accuracy", "–" if point.accuracy is None else f"{point.accuracy:.4f}")]
-    rows += [_timing(name, value) for name, value in timings.items()]
+    rows += [_timing(name, value) for name, value in decision.timings.items()]
     rows += [(f"fingerprint {name}", digest) for name, digest in prepared.fingerprints.items()]
-    return rows + [(f"version {name}", version) for name, version in _versions().items()]
+    return rows + [(f"version {name}", version) for name, version in versions.versions().items()]
 
 
 def _timing(name: str, value: float) -> tuple[str, str]:
@@ -214,16 +187,6 @@ def _timing(name: str, value: float) -> tuple[str, str]:
     if name.endswith("_s"):
         return f"time {name[:-2]}", f"{value:.3f} s"
     return name.replace("_", " "), f"{value:.4f}"
-
-
-def _versions() -> dict[str, str]:
-    """Versions that change numbers (onnxruntime kernels, numpy) or the page (matplotlib)."""
-    try:
-        own = metadata.version("onnxmp")
-    except metadata.PackageNotFoundError:
-        own = "unknown"
-    found = {name: import_module(name).__version__ for name in ("onnx", "onnxruntime", "numpy", "matplotlib")}
-    return {"onnxmp": own, **found, "python": platform.python_version()}
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
+from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import BudgetError
 from onnxmp.graph import DataflowGraph
 from onnxmp.hw_profile import HwProfile
@@ -28,23 +30,30 @@ from onnxmp.records import (
     SearchMethod,
     Selection,
     SensitivityTable,
+    Strategy,
+    TensorEncoding,
 )
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How a run measures. Range method and batch size are part of the phase-1 store key;
-    the executor is not (every executor gives identical results). `workers=None` lets
-    `executors.executor_for` pick (one worker per 4 cores)."""
+    """How a run measures and writes. Range method and batch size are part of the phase-1
+    store key; the executor is not (every executor gives identical results). `workers=None`
+    lets `executors.executor_for` pick (one worker per 4 cores). `require_stored` is the
+    `search` command's mode: phase 1 must already be in the store. `verify` runs the ONNX
+    checker after every pass."""
 
     range_method: RangeMethod = RangeMethod.MSE
     batch_size: int = 16
     seed: int = 0
-    strategy: str = "greedy"
+    strategy: Strategy = Strategy.GREEDY
     search: SearchMethod = SearchMethod.HYBRID
     executor: ExecutorKind = ExecutorKind.PROCESSES
     workers: int | None = None
     ray_address: str | None = None
+    encodings_version: str = "1.0.0"
+    require_stored: bool = False
+    verify: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,11 +66,12 @@ class Budget:
     max_drop: float | None = None
 
     def check(self, has_evaluate: bool) -> None:
+        """Raise BudgetError unless exactly one budget is given (and max_drop has an evaluation)."""
         chosen = [v for v in (self.bits, self.target_bops, self.min_sqnr_db, self.max_drop) if v is not None]
         if len(chosen) != 1:
-            raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop")
+            raise BudgetError("give exactly one budget: bits, target_bops, min_sqnr_db or max_drop")
         if self.max_drop is not None and not has_evaluate:
-            raise BudgetError("--max-drop needs an evaluation: --eval-data FILE.npz or --eval module:function")
+            raise BudgetError("max_drop needs an evaluation function")
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,33 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Calibrated:
+    """A prepared model with its ranges, its calibration inputs and the float outputs over
+    them (computed once per run): what every measurement of the run reads."""
+
+    prepared: Prepared
+    encodings: Mapping[tuple[str, int], TensorEncoding]
+    calib: CalibrationSet
+    reference: Mapping[str, np.ndarray]
+    timings: Mapping[str, float] = field(default_factory=dict)  # prepare_s, calibrate_s
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a run chose and how: the plan and its point, the curve (with what was measured),
+    the phase-1 table and the selection (both None for a homogeneous run), the timings and,
+    for a max_drop run, the float model's score."""
+
+    plan: Plan
+    point: ParetoPoint
+    curve: ParetoCurve
+    selection: Selection | None = None
+    table: SensitivityTable | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
+    float_score: float | None = None
+
+
+@dataclass(frozen=True)
 class Result:
     """What a run produced: the chosen plan and point, the curve, and the files written."""
 
@@ -90,22 +127,22 @@ class Result:
     sensitivity: SensitivityTable | None
     paths: Mapping[str, Path]
     timings: Mapping[str, float] = field(default_factory=dict)
-    float_score: float | None = None  # evaluate(float model), for --max-drop runs
+    float_score: float | None = None  # evaluate(float model), for max_drop runs
 
-
-@dataclass(frozen=True)
-class SearchOutcome:
-    """Phase 1, phase 2 and the selection: the curve (with what was measured) and the choice."""
-
-    curve: ParetoCurve
-    selection: Selection
-    table: SensitivityTable
-    timings: Mapping[str, float]
-    baseline_score: float | None = None
+    @staticmethod
+    def of(decision: Decision, paths: Mapping[str, Path]) -> Result:
+        return Result(
+            decision.plan, decision.point, decision.curve, decision.selection, decision.table, paths,
+            decision.timings, decision.float_score,
+        )
 
 
 def homogeneous_plan(analysis: GroupAnalysis, bits: Candidate, profile: HwProfile) -> Plan:
-    """Every group at `bits` (weightless groups at its activation width)."""
+    """Every group at `bits` (weightless groups at its activation width).
+
+    Raises:
+        BudgetError: `bits` is not a kernel of the profile, or some group cannot take it.
+    """
     if bits not in profile.kernels:
         allowed = ", ".join(str(k) for k in profile.kernels)
         raise BudgetError(f"{bits} is not a kernel of profile {profile.name} (kernels: {allowed})")

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxmp import bops, hw_profile, model_io, pipeline, runtime
+from onnxmp import bops, hw_profile, model_io, pipeline, run_records, runtime, steps
 from onnxmp import encodings as encodings_format
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import ModelError, PassError
@@ -28,6 +28,8 @@ from onnxmp.passes import CANONICALIZE, fold_batchnorm
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.phase1 import sensitivity
+from onnxmp.phase1.executors import Placement
+from onnxmp.phase1.jobs import run_job
 from onnxmp.records import ExecutorKind
 from tests import builders
 
@@ -231,8 +233,8 @@ def test_a_packed_small_model_is_its_serialization():
 def _entries(jobs) -> list[dict]:
     """What the jobs measure, run as a spawned worker gets them (pickled, normal thresholds)."""
     return [
-        {k: v for k, v in entry.items() if k != "seconds"}
-        for job in jobs for entry in sensitivity.run_job(pickle.loads(pickle.dumps(job)))
+        {k: v for k, v in result.to_entry().items() if k != "seconds"}
+        for job in jobs for result in run_job(pickle.loads(pickle.dumps(job)))
     ]
 
 
@@ -243,12 +245,10 @@ def test_phase1_jobs_of_a_large_model_carry_its_weights_as_arrays(monkeypatch):
     calib = CalibrationSet(builders.feeds_for(canon.model, batch=8))
     encodings = calibrate(canon.model, canon.graph, analysis, calib, profile=profile)
     pending = frozenset((g.id, c) for g in analysis.groups for c in g.candidates)
-    reference = sensitivity.reference_outputs(canon.model, calib, batch_size=4)
+    context = sensitivity.context_for(canon.model, analysis, encodings, calib, batch_size=4)
 
     def split():
-        return sensitivity.split_jobs(
-            canon.model, analysis, encodings, calib, pending, reference, batch_size=4, quantize_bias=False, jobs=2
-        )
+        return sensitivity.split_jobs(context, pending, Placement(jobs=2))
 
     expected = split()
     monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
@@ -264,7 +264,7 @@ def test_phase1_jobs_of_a_large_model_carry_its_weights_as_arrays(monkeypatch):
 def test_prepared_original_holds_names_but_no_weights(every_weight):
     model = builders.conv_bn()
     calib = CalibrationSet(builders.feeds_for(model, batch=4))
-    prepared = pipeline.prepare(model, hw_profile.load_profile("npu"), calib)
+    prepared = steps.prepare(model, hw_profile.load_profile("npu"), calib)
     assert _stubbed(prepared.original) == ["w"]  # the BN vectors are small: inline
     assert prepared.original.graph.node == model.graph.node
     names = encodings_format.original_names(model, prepared.model)
@@ -277,7 +277,7 @@ def test_verify_checks_a_large_model_after_every_pass_without_its_weights(every_
     check_model = onnx.checker.check_model
     monkeypatch.setattr(onnx.checker, "check_model", lambda m, *a, **k: (checked.append(m), check_model(m, *a, **k)))
     model = builders.conv_bn()
-    canonical = pipeline.run_passes(model, CANONICALIZE, verify=True)
+    canonical = steps.run_passes(model, CANONICALIZE, verify=True)
     assert len(checked) == len(CANONICALIZE)
     assert all(not t.raw_data for m in checked for t in m.graph.initializer if len(t.dims) > 1)
     assert canonical == builders.canonical(model).model
@@ -291,7 +291,7 @@ def test_verify_names_the_pass_that_broke_the_model(large):
         return broken
 
     with pytest.raises(PassError, match="after pass break_graph: invalid ONNX model: .*ghost"):
-        pipeline.run_passes(_two_matmuls(), [break_graph], verify=True)
+        steps.run_passes(_two_matmuls(), [break_graph], verify=True)
 
 
 @pytest.mark.parametrize("name", ["conv_relu", "flatten_gemm", "pad_shape_chain", "conv_transpose", "batched_matmul"])
@@ -331,7 +331,7 @@ def test_fold_batchnorm_hands_graphsurgeon_no_weights(name, monkeypatch):
 def _quantize(out: Path, **settings) -> Path:
     pipeline.quantize(
         MODELS / "digits_cnn.onnx", profile="research", calib=MODELS / "digits_calib.npz", output_dir=out,
-        target_bops=0.3, settings=pipeline.Settings(**settings),
+        target_bops=0.3, settings=run_records.Settings(**settings),
     )
     return out
 

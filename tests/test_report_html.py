@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxmp import pipeline
+from onnxmp import inputs, pipeline, run_records, steps
 from onnxmp.records import Candidate, SensitivityTable
 from onnxmp.report_html import report_html
 
@@ -26,15 +26,19 @@ XMLNS = re.compile(r'xmlns(?::\w+)?="(https?://[^"]+)"')
 
 
 def _prepared():
-    model, profile, calib = pipeline.load_inputs(MODEL, "npu", CALIB)
-    return pipeline.prepare(model, profile, calib)
+    model, profile, calib = inputs.load_inputs(MODEL, "npu", CALIB)
+    return steps.prepare(model, profile, calib)
 
 
-def _page(prepared, result: pipeline.Result) -> str:
-    return report_html(
-        prepared, result.plan, point=result.point, curve=result.curve, table=result.sensitivity,
-        selection=result.selection, timings=result.timings,
+def _decision(result: run_records.Result, **changes) -> run_records.Decision:
+    decision = run_records.Decision(
+        result.plan, result.point, result.curve, result.selection, result.sensitivity, result.timings
     )
+    return replace(decision, **changes)
+
+
+def _page(prepared, result: run_records.Result) -> str:
+    return report_html(prepared, _decision(result))
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +94,7 @@ def test_infinite_sqnr_and_accuracy_are_drawn(mixed):
     table = SensitivityTable({**result.sensitivity.sqnr_db, ("concat", concat): math.inf})
     curve = tuple(replace(p, accuracy=90.0 - i) for i, p in enumerate(result.curve))
     point = curve[result.selection.index]
-    page = report_html(
-        prepared, result.plan, point=point, curve=curve, table=table, selection=result.selection, timings=result.timings
-    )
+    page = report_html(prepared, _decision(result, point=point, curve=curve, table=table))
     assert page.count("<svg") == 2
     assert f"<tr><td>concat</td><td>concat</td><td>{concat}</td><td>0.0 %</td><td>inf</td></tr>" in page
     assert f"<tr><td>accuracy</td><td>{point.accuracy:.4f}</td></tr>" in page

@@ -11,10 +11,10 @@ Runtime themselves; when a selection must measure, the measuring function is a p
 
 from __future__ import annotations
 
-from onnxmp.records import SearchMethod
+from onnxmp.records import SearchMethod, Strategy
 from onnxmp.search import greedy
 from onnxmp.search.select import select_by_bops, select_by_target
 
-STRATEGIES = {"greedy": greedy.pareto_curve}
+STRATEGIES = {Strategy.GREEDY: greedy.pareto_curve}
 
-__all__ = ["STRATEGIES", "SearchMethod", "select_by_bops", "select_by_target"]
+__all__ = ["STRATEGIES", "SearchMethod", "Strategy", "select_by_bops", "select_by_target"]

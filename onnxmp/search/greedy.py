@@ -17,7 +17,6 @@ Rule cases:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from onnxmp.records import (
@@ -27,22 +26,13 @@ from onnxmp.records import (
     Plan,
     QuantizerGroup,
     SensitivityTable,
+    noise_ratio,
 )
-
-
-def noise_ratio(sqnr_db: float) -> float:
-    """10^(-SQNR/10); 0 for +inf dB.
-
-    >>> noise_ratio(20.0), noise_ratio(math.inf)
-    (0.01, 0.0)
-    """
-    return 0.0 if sqnr_db == math.inf else 10 ** (-sqnr_db / 10)
 
 
 def predicted_sqnr_db(plan: Plan, table: SensitivityTable) -> float:
     """-10 log10 of the summed noise ratios of the plan's groups (+inf if all are zero)."""
-    total = sum(noise_ratio(table.of(g, c)) for g, c in plan.items())
-    return math.inf if total == 0 else -10 * math.log10(total)
+    return table.predicted_sqnr_db(plan)
 
 
 def pareto_curve(

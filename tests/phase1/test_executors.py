@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxmp import pipeline
+from onnxmp import pipeline, run_records
 from onnxmp.records import ExecutorKind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ MODEL, CALIB = ROOT / "models" / "digits_cnn.onnx", ROOT / "models" / "digits_ca
 def _run(out: Path, **settings) -> dict:
     pipeline.quantize(
         MODEL, profile="research", calib=CALIB, output_dir=out, target_bops=0.3,
-        settings=pipeline.Settings(**settings),
+        settings=run_records.Settings(**settings),
     )
     return json.loads((out / "sensitivity.json").read_text())
 
@@ -70,15 +70,19 @@ def test_ray_cluster_on_loopback_matches_local_run(local_table, tmp_path):
 
 def test_executor_for_picks_one_worker_per_four_cores(monkeypatch):
     from onnxmp import runtime
-    from onnxmp.phase1.executors import executor_for
+    from onnxmp.phase1.executors import Placement, executor_for
 
     monkeypatch.setattr(runtime, "default_threads", lambda: 8)
-    _, jobs, threads = executor_for(ExecutorKind.PROCESSES, None, None)
+    placement = executor_for(ExecutorKind.PROCESSES, None, None)
+    jobs, threads = placement.jobs, placement.threads
     assert (jobs, threads) == (2, 4)
     monkeypatch.setattr(runtime, "default_threads", lambda: 2)
-    _, jobs, threads = executor_for(ExecutorKind.PROCESSES, None, None)
+    placement = executor_for(ExecutorKind.PROCESSES, None, None)
+    jobs, threads = placement.jobs, placement.threads
     assert (jobs, threads) == (1, 2)  # one worker: runs in this process with both cores
-    _, jobs, threads = executor_for(ExecutorKind.PROCESSES, 2, None)
+    placement = executor_for(ExecutorKind.PROCESSES, 2, None)
+    jobs, threads = placement.jobs, placement.threads
     assert (jobs, threads) == (2, 1)
-    assert executor_for(ExecutorKind.LOCAL, 4, None) == (None, 1, None)
-    assert executor_for(ExecutorKind.RAY, None, "127.0.0.1:6379")[1:] == (2, None)
+    assert executor_for(ExecutorKind.LOCAL, 4, None) == Placement(None, 1, None)
+    ray = executor_for(ExecutorKind.RAY, None, "127.0.0.1:6379")
+    assert (ray.jobs, ray.threads) == (2, None)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxmp import hw_profile, model_io, pipeline, runtime
+from onnxmp import hw_profile, model_io, runtime, steps
 from onnxmp.calib_data import load_arrays
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier
 from onnxmp.phase1 import frontier_walk
 from onnxmp.phase1.frontier_walk import FrontierWalk
-from onnxmp.phase1.sensitivity import network_order
+from onnxmp.phase1.jobs import network_order
 from tests import builders
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def digits():
     model = model_io.load(DIGITS)
     calib = load_arrays(DIGITS_CALIB, model)
     inputs = {k: v[:SAMPLES] for k, v in calib.arrays.items()}
-    prepared = pipeline.prepare(model, hw_profile.load_profile("npu"), calib)
+    prepared = steps.prepare(model, hw_profile.load_profile("npu"), calib)
     graph = prepared.graph
     frontiers = [frontier(graph, affected_nodes(graph, g)) for g in network_order(graph, prepared.analysis.groups)]
     return prepared.model, graph, inputs, frontiers

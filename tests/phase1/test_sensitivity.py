@@ -19,12 +19,13 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxmp import hw_profile, model_io, pipeline
+from onnxmp import hw_profile, model_io, pipeline, steps
 from onnxmp.calib_data import CalibrationSet, load_arrays
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.phase1.sensitivity import STORE_KIND, measure, reference_outputs, sensitivity
+from onnxmp.phase1.measure import measure, reference_outputs
+from onnxmp.phase1.sensitivity import STORE_KIND, context_for, sensitivity
 from onnxmp.records import Candidate, Plan, TensorEncoding
 from onnxmp.store import ResultStore
 from tests import builders
@@ -134,7 +135,8 @@ def _table(model: onnx.ModelProto, encodings, feeds, store_path: Path, *, batch_
     analysis = quantizer_groups(canon.graph, hw_profile.load_profile("npu"))
     calib = CalibrationSet({k: np.asarray(v, np.float32) for k, v in feeds.items()})
     store = ResultStore(store_path, "test-key")
-    table = sensitivity(canon.model, analysis, encodings, calib, store=store, batch_size=batch_size, progress=progress)
+    context = context_for(canon.model, analysis, encodings, calib, batch_size=batch_size)
+    table = sensitivity(context, store=store, progress=progress)
     return analysis, table
 
 
@@ -236,10 +238,10 @@ def digits(tmp_path_factory):
     """Canonical digits model on the research profile, its encodings and a finished store."""
     model = model_io.load(DIGITS)
     calib = load_arrays(DIGITS_CALIB, model)
-    prepared = pipeline.prepare(model, hw_profile.load_profile("research"), calib)
+    prepared = steps.prepare(model, hw_profile.load_profile("research"), calib)
     encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=prepared.profile)
     store = ResultStore(tmp_path_factory.mktemp("digits") / "phase1.jsonl", "digits-key")
-    table = sensitivity(prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=32)
+    table = sensitivity(context_for(prepared.model, prepared.analysis, encodings, calib, batch_size=32), store=store)
     return prepared, encodings, calib, store, table
 
 
@@ -279,7 +281,8 @@ def test_digits_table_does_not_depend_on_batch_size(digits, tmp_path):
     prepared, encodings, calib, _, table = digits
     for batch_size in (1, 3, 64):
         store = ResultStore(tmp_path / f"s{batch_size}.jsonl", "k")
-        other = sensitivity(prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=batch_size)
+        context = context_for(prepared.model, prepared.analysis, encodings, calib, batch_size=batch_size)
+        other = sensitivity(context, store=store)
         for task, value in table.sqnr_db.items():
             assert other.sqnr_db[task] == pytest.approx(value, abs=1e-9), (batch_size, task)
 
@@ -288,7 +291,7 @@ def _sensitivity(digits, store: ResultStore):
     prepared, encodings, calib, _, _ = digits
     calls = []
     table = sensitivity(
-        prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=32,
+        context_for(prepared.model, prepared.analysis, encodings, calib, batch_size=32), store=store,
         progress=lambda done, total, what: calls.append(what),
     )
     return table, [c for c in calls if c != "done"]

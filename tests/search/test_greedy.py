@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from onnxmp.records import Candidate, Plan, QuantizerGroup, SensitivityTable
+from onnxmp.records import Candidate, Plan, QuantizerGroup, SensitivityTable, Strategy
 from onnxmp.search import STRATEGIES
 from onnxmp.search.greedy import pareto_curve, predicted_sqnr_db
 
@@ -105,7 +105,7 @@ def test_predicted_sqnr_adds_noise_ratios():
 
 
 def test_greedy_is_the_registered_strategy():
-    assert STRATEGIES["greedy"](TABLE, GROUPS, BOPS, REFERENCE) == pareto_curve(TABLE, GROUPS, BOPS, REFERENCE)
+    assert STRATEGIES[Strategy.GREEDY](TABLE, GROUPS, BOPS, REFERENCE) == pareto_curve(TABLE, GROUPS, BOPS, REFERENCE)
 
 
 def test_a_weightless_group_is_never_moved():

@@ -1,0 +1,76 @@
+"""Signal and noise of a model's outputs against the float reference, over all samples.
+
+Why: every phase-1 number and every measured point of a curve is this one measurement:
+sums of squares in float64 over all calibration samples, so results do not depend on the
+batch size, and no epsilon, so a quantizer that changes nothing gives +inf dB.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxmp import quant_math, runtime
+from onnxmp.calib_data import CalibrationSet
+from onnxmp.phase1.frontier_walk import Chunk
+
+
+@dataclass(frozen=True)
+class OutputNoise:
+    """Per-output sums of squares of the float output and of its error, over all samples."""
+
+    signal: tuple[float, ...]
+    noise: tuple[float, ...]
+
+    @property
+    def noise_ratio(self) -> float:
+        """Mean over outputs of noise / signal (0.0 when nothing changed)."""
+        ratios = [n / s if s > 0 else (0.0 if n == 0 else math.inf) for s, n in zip(self.signal, self.noise, strict=True)]
+        return float(np.mean(ratios))
+
+    @property
+    def sqnr_db(self) -> float:
+        ratio = self.noise_ratio
+        return math.inf if ratio == 0 else -10 * math.log10(ratio)
+
+
+def reference_outputs(model: onnx.ModelProto, calib: CalibrationSet, *, batch_size: int) -> dict[str, np.ndarray]:
+    """Float outputs over all samples, by output name (outputs only, never intermediates)."""
+    sess = runtime.session(model)
+    batches = list(runtime.run_batches(sess, calib.batches(batch_size)))
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
+def measure(
+    model: onnx.ModelProto, calib: CalibrationSet, reference: Mapping[str, np.ndarray], *, batch_size: int
+) -> OutputNoise:
+    """Signal and noise of the whole `model`'s outputs against the float `reference`."""
+    chunks = zip(range(0, calib.num_samples, batch_size), calib.batches(batch_size), strict=True)
+    return measure_chunks(model, chunks, reference, signal_of(reference))
+
+
+def measure_chunks(
+    model: onnx.ModelProto,
+    chunks: Iterator[Chunk],
+    reference: Mapping[str, np.ndarray],
+    signal: Mapping[str, float],
+    *,
+    threads: int | None = None,
+) -> OutputNoise:
+    """Noise of the outputs against the float reference; outputs `model` lacks add signal only."""
+    noise = dict.fromkeys(reference, 0.0)
+    sess = runtime.session(model, threads=threads, shared_arena=True)
+    names = [o.name for o in sess.get_outputs()]
+    for start, feeds in chunks:
+        for name, got in zip(names, sess.run(names, feeds), strict=True):
+            noise[name] += quant_math.signal_and_noise(reference[name][start : start + len(got)], got)[1]
+    return OutputNoise(tuple(signal[n] for n in reference), tuple(noise[n] for n in reference))
+
+
+def signal_of(reference: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Sum of squares of each float output over all samples (the same for every evaluation)."""
+    return {name: quant_math.signal_and_noise(want, want)[0] for name, want in reference.items()}

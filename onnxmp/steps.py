@@ -1,0 +1,132 @@
+"""The steps before the search, and the measurement of any plan.
+
+Why: `pipeline` orders the run; these are its first steps (canonicalize, analyse, count
+MACs, calibrate) and the one way a plan is turned into a model and measured, which the
+homogeneous run, the selection and the benchmarks all share.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import onnx
+
+from onnxmp import bops, calib_data, graph, model_io
+from onnxmp.calib_data import CalibrationSet
+from onnxmp.errors import ModelError, OnnxmpError, PassError
+from onnxmp.hw_profile import HwProfile
+from onnxmp.passes import CANONICALIZE
+from onnxmp.passes.calibrate import calibrate
+from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.passes.quantizer_groups import quantizer_groups
+from onnxmp.phase1.measure import measure, reference_outputs
+from onnxmp.records import Candidate, ParetoPoint, Plan, SensitivityTable
+from onnxmp.run_records import Calibrated, Decision, Prepared, Settings, homogeneous_plan
+
+logger = logging.getLogger(__name__)
+
+Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
+
+
+def run_passes(model: onnx.ModelProto, passes: Sequence[Pass], *, verify: bool = False) -> onnx.ModelProto:
+    """Run passes in order; a failing pass becomes a PassError naming it."""
+    for run in passes:
+        before = len(model.graph.node)
+        try:
+            model = run(model)
+        except OnnxmpError:
+            raise
+        except Exception as e:  # a bug in a pass: name it, keep the cause
+            raise PassError(f"pass {run.__name__} failed: {_first_line(e)}") from e
+        if verify:  # a weightless check for large models: the checker serializes what it gets
+            try:
+                model_io.validate(model, f"after pass {run.__name__}")
+            except ModelError as e:
+                raise PassError(str(e)) from e
+        logger.info("%s: %d -> %d nodes", run.__name__, before, len(model.graph.node))
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def prepare(
+    model: onnx.ModelProto, profile: HwProfile, calib: CalibrationSet | None, *, verify: bool = False
+) -> Prepared:
+    """Canonicalize, index, derive groups, count MACs and BOPs.
+
+    MACs come from the calibration samples' shapes; without calibration data (`onnxmp groups`)
+    from the model's input shapes at batch 1, unknown dimensions taken as 1.
+    """
+    canonical = run_passes(model, CANONICALIZE, verify=verify)
+    index = graph.build(canonical)
+    analysis = quantizer_groups(index, profile)
+    if calib is not None:
+        sample_shapes = {name: arr.shape for name, arr in calib.arrays.items()}
+    else:
+        inputs = calib_data.model_inputs(canonical)
+        sample_shapes = {name: (1, *[d or 1 for d in dims[1:]]) for name, (_, dims) in inputs.items()}
+    macs = bops.macs_per_op(bops.concrete_graph(canonical, sample_shapes))
+    return Prepared(
+        original=model_io.weightless(model, model_io.weights(model, min_bytes=0)),
+        model=canonical,
+        graph=index,
+        analysis=analysis,
+        macs=macs,
+        group_bops=bops.group_bops(index, analysis, macs),
+        reference_bops=bops.reference_bops(index, analysis, macs),
+        profile=profile,
+        fingerprints={
+            "model": model_io.fingerprint(model),
+            "profile": profile.fingerprint,
+            "calibration": calib.fingerprint() if calib is not None else "none",
+        },
+    )
+
+
+def calibrate_ranges(
+    prepared: Prepared, calib: CalibrationSet, settings: Settings, *, prepare_s: float = 0.0
+) -> Calibrated:
+    """Ranges of every (tensor, bit-width) the groups can take, and the float outputs."""
+    start = time.perf_counter()
+    encodings = calibrate(
+        prepared.model, prepared.graph, prepared.analysis, calib, profile=prepared.profile,
+        method=settings.range_method, batch_size=settings.batch_size,
+    )
+    reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)  # once per run
+    timings = {"prepare_s": prepare_s, "calibrate_s": time.perf_counter() - start}
+    return Calibrated(prepared, encodings, calib, reference, timings)
+
+
+def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> ParetoPoint:
+    """The curve record of any plan: relative BOPs and (with a table) predicted SQNR."""
+    rel = bops.relative_bops(plan, prepared.group_bops, prepared.reference_bops)
+    predicted = table.predicted_sqnr_db(plan) if table is not None else float("nan")
+    return ParetoPoint(rel, predicted, plan)
+
+
+def simulate(prepared: Prepared, plan: Plan, encodings) -> onnx.ModelProto:
+    """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights)."""
+    return insert_qdq(
+        prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings,
+        weights=WeightStorage.FAKE_FLOAT, quantize_bias=prepared.profile.quantize_bias,
+    )
+
+
+def measured_sqnr(calibrated: Calibrated, plan: Plan, batch_size: int) -> float:
+    """True output SQNR of `plan` over the calibration data."""
+    qdq = simulate(calibrated.prepared, plan, calibrated.encodings)
+    return measure(qdq, calibrated.calib, calibrated.reference, batch_size=batch_size).sqnr_db
+
+
+def homogeneous(calibrated: Calibrated, bits: Candidate, settings: Settings) -> Decision:
+    """The one configuration `bits` everywhere, with its measured SQNR."""
+    plan = homogeneous_plan(calibrated.prepared.analysis, bits, calibrated.prepared.profile)
+    point = replace(
+        point_of(plan, calibrated.prepared, None), measured_sqnr_db=measured_sqnr(calibrated, plan, settings.batch_size)
+    )
+    return Decision(plan, point, (point,), timings=dict(calibrated.timings))
