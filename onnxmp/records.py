@@ -29,6 +29,18 @@ class SearchMethod(enum.Enum):
     HYBRID = "hybrid"
 
 
+class SelectionMethod(enum.Enum):
+    """How a run's point was chosen: by a BOPs budget, or by one of the target searches."""
+
+    BOPS = "bops"
+    SEQUENTIAL = "sequential"
+    BINARY = "binary"
+    HYBRID = "hybrid"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Strategy(enum.Enum):
     """Which phase-2 strategy builds the curve (onnxmp.search.STRATEGIES maps each to a function)."""
 
@@ -251,4 +263,4 @@ class Selection:
     point: ParetoPoint
     index: int
     evaluations: int
-    method: str
+    method: SelectionMethod

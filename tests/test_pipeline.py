@@ -17,7 +17,7 @@ import pytest
 import onnxmp
 from onnxmp import pipeline, run_records, runtime
 from onnxmp.errors import BudgetError
-from onnxmp.records import Candidate
+from onnxmp.records import Candidate, SelectionMethod
 from onnxmp.search.greedy import predicted_sqnr_db
 from tests import oracles
 
@@ -154,7 +154,7 @@ def test_min_sqnr_measures_and_meets_the_target(bops_run, tmp_path):
     shutil.copy(bops_run[1] / pipeline.STORE_NAME, tmp_path / pipeline.STORE_NAME)
     result = _quantize(tmp_path, min_sqnr_db=30.0)
     index = result.selection.index
-    assert result.selection.method == "hybrid"
+    assert result.selection.method is SelectionMethod.HYBRID
     assert result.point.measured_sqnr_db >= 30.0
     assert 1 <= result.selection.evaluations < len(result.curve)
     measured = [i for i, p in enumerate(result.curve) if p.measured_sqnr_db is not None]

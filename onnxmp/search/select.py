@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from onnxmp.errors import BudgetError
-from onnxmp.records import ParetoCurve, SearchMethod, Selection
+from onnxmp.records import ParetoCurve, SearchMethod, Selection, SelectionMethod
 
 _TOLERANCE = 1e-9
 
@@ -40,7 +40,7 @@ def select_by_bops(curve: ParetoCurve, target: float) -> Selection:
             f"({curve[-1].bops_rel:.4f}); achievable: {curve[-1].bops_rel:.4f} to {curve[0].bops_rel:.4f}"
         )
     index = fitting[0]
-    return Selection(curve[index], index, evaluations=0, method="bops")
+    return Selection(curve[index], index, evaluations=0, method=SelectionMethod.BOPS)
 
 
 def select_by_target(
@@ -66,7 +66,7 @@ def select_by_target(
             f"{what} target {threshold:g} is not met even by the highest configuration "
             f"(measured {quality(0):g} at relative BOPs {curve[0].bops_rel:.4f})"
         )
-    return Selection(curve[index], index, evaluations=len(memo), method=method.value)
+    return Selection(curve[index], index, evaluations=len(memo), method=SelectionMethod(method.value))
 
 
 def _sequential(n: int, quality: Callable[[int], float], threshold: float) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onnxmp.errors import BudgetError
-from onnxmp.records import Candidate, ParetoPoint, Plan
+from onnxmp.records import Candidate, ParetoPoint, Plan, SelectionMethod
 from onnxmp.search import SearchMethod, select_by_bops, select_by_target
 
 METHODS = list(SearchMethod)
@@ -35,7 +35,7 @@ def test_select_by_bops_takes_the_point_at_or_just_below(target, index):
     assert selection.index == index
     assert selection.point == BOPS_CURVE[index]
     assert selection.point.bops_rel <= target
-    assert (selection.evaluations, selection.method) == (0, "bops")
+    assert (selection.evaluations, selection.method) == (0, SelectionMethod.BOPS)
 
 
 def test_select_by_bops_below_the_cheapest_names_the_range():
@@ -99,7 +99,7 @@ def test_all_methods_agree_on_monotone_curves(n):
                     selection = select_by_target(curve, record, threshold, method=method)
                     assert selection.index == expected, where
                     assert selection.point == curve[expected]
-                    assert selection.method == method.value
+                    assert selection.method is SelectionMethod(method.value)
                     assert selection.evaluations == len(record.calls), where
                 assert set(record.calls.values()) == {1}, where  # each index at most once
 
