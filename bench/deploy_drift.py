@@ -10,6 +10,7 @@ Run: python bench/deploy_drift.py
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -20,9 +21,14 @@ from onnxmp import inputs, run_records, runtime, steps  # noqa: E402
 from onnxmp.calib_data import CalibrationSet  # noqa: E402
 from onnxmp.passes.calibrate import calibrate  # noqa: E402
 from onnxmp.passes.insert_qdq import insert_qdq  # noqa: E402
-from onnxmp.quant_math import signal_and_noise, sqnr_db  # noqa: E402
+from onnxmp.quant_math import signal_and_noise  # noqa: E402
 from onnxmp.records import Candidate, Plan  # noqa: E402
 
+
+def _sqnr_db(signal: float, noise: float) -> float:
+    if noise == 0:
+        return math.inf
+    return -math.inf if signal == 0 else 10 * math.log10(signal / noise)
 
 def main() -> None:
     if not imagenet.EFFICIENTNET.exists():
@@ -44,7 +50,7 @@ def main() -> None:
                          encodings=encodings, quantize_bias=profile.quantize_bias)
         simulated = runtime.session(qdq).run(None, feeds)[0]
         deployed = runtime.session(qdq, simulate=False).run(None, feeds)[0]
-        print(f"{k:16d}  {ids[k - 1]:<40} {sqnr_db(*signal_and_noise(simulated, deployed)):24.1f}", flush=True)
+        print(f"{k:16d}  {ids[k - 1]:<40} {_sqnr_db(*signal_and_noise(simulated, deployed)):24.1f}", flush=True)
 
 
 if __name__ == "__main__":

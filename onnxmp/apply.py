@@ -18,7 +18,8 @@ from onnxmp import graph, model_io
 from onnxmp.errors import EncodingsError
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import weight_axis
-from onnxmp.passes.insert_qdq import Quantizers, WeightStorage, insert_quantizers
+from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers
+from onnxmp.records import EncodingSet
 from onnxmp.steps import run_passes
 
 
@@ -44,15 +45,16 @@ def apply_encodings(
         if user not in to_canonical:
             continue
         name = to_canonical[user]
+        is_bias = user in loaded.biases
         axis = (weight_axis(index, name) if enc.bits < 32 else 0) if enc.axis is not None else None
         channels = index.shapes.get(name, ())[axis] if axis is not None and axis < len(index.shapes.get(name, ())) else 1
         if len(enc.scale) != (channels if axis is not None else 1):
             raise EncodingsError(f"{path}: {user}: {len(enc.scale)} scales, the tensor has {channels} channels")
-        (biases if enc.bits > 16 else weights)[name] = replace(enc, name=name, axis=axis)
+        (biases if is_bias else weights)[name] = replace(enc, name=name, axis=axis)
     for user, enc in loaded.activations.items():
         if user in to_canonical:
             activations[to_canonical[user]] = replace(enc, name=to_canonical[user])
     if not (weights or activations):
         raise EncodingsError(f"{path}: no tensor named in the file exists in the model")
-    qdq = insert_quantizers(canonical, Quantizers(weights, activations, biases), weights=WeightStorage.INTEGER)
+    qdq = insert_quantizers(canonical, EncodingSet(weights, activations, biases), weights=WeightStorage.INTEGER)
     return model_io.save(qdq, Path(output_dir) / "model.qdq.onnx"), unknown

@@ -15,21 +15,23 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from onnxmp import model_io
+from onnxmp import large_model
 from onnxmp.graph import ATTR_TRANS_A, DataflowGraph, build, get_attribute
 from onnxmp.records import Candidate, GroupAnalysis, Plan, QuantizerGroup
 
 REFERENCE = Candidate(8, 16)
 
 
-def concrete_graph(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]]) -> DataflowGraph:
+def concrete_graph(
+    model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]], *, limits: large_model.SizeLimits | None = None
+) -> DataflowGraph:
     """Index of a copy of `model` whose inputs have the given shapes (batch forced to 1).
 
     The index is for MACs, which need names, dims and op types only: a large model
-    (`model_io.is_large`) is copied without its weights (shapes and small vectors stay inline).
+    (`large_model.is_large` under `limits`) is copied without its weights (shapes and small vectors stay inline).
     """
-    if model_io.is_large(model):
-        fixed = model_io.weightless(model, model_io.weights(model))
+    if large_model.is_large(model, limits=limits):
+        fixed = large_model.weightless(model, large_model.weights(model, limits=limits))
     else:
         fixed = onnx.ModelProto()
         fixed.CopyFrom(model)

@@ -15,25 +15,27 @@ scale} per channel).
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import onnx
 
 from onnxmp.errors import EncodingsError
-from onnxmp.records import TensorEncoding
+from onnxmp.records import EncodingSet, TensorEncoding
 
-FORMATS = ("1.0.0", "0.6.1")
 PROVENANCE_PREFIX = "onnxmp:from="
+BIAS_MIN_BITS = 17  # param encodings this wide are int32 biases (scale s_x * s_w), not weights
 
 
-@dataclass(frozen=True)
-class EncodingSet:
-    """Encodings by tensor name: params (weights, biases) and activations."""
+class Version(enum.Enum):
+    """The AIMET encodings file formats onnxmp writes and reads."""
 
-    params: Mapping[str, TensorEncoding]
-    activations: Mapping[str, TensorEncoding]
+    V1_0_0 = "1.0.0"
+    V0_6_1 = "0.6.1"
+
+
+FORMATS = tuple(v.value for v in Version)
 
 
 def original_names(original: onnx.ModelProto, canonical: onnx.ModelProto) -> dict[str, str]:
@@ -89,16 +91,23 @@ def _entries_v061(enc: TensorEncoding) -> list[dict]:
     ]
 
 
-def to_json(encodings: EncodingSet, *, version: str = "1.0.0") -> str:
-    """The AIMET encodings file text for `encodings` (names already the user's)."""
-    if version == "1.0.0":
+def to_json(encodings: EncodingSet, *, version: Version | str = Version.V1_0_0) -> str:
+    """The AIMET encodings file text for `encodings` (names already the user's).
+
+    `version` is a `Version` or its value.
+    """
+    try:
+        version = Version(version)
+    except ValueError:
+        raise EncodingsError(f"encodings version {version!r} is not one of {', '.join(FORMATS)}") from None
+    if version is Version.V1_0_0:
         data = {
             "version": "1.0.0",
             "activation_encodings": [_entry_v1(n, e) for n, e in sorted(encodings.activations.items())],
             "param_encodings": [_entry_v1(n, e) for n, e in sorted(encodings.params.items())],
             "excluded_layers": [],
         }
-    elif version == "0.6.1":
+    else:
         data = {
             "version": "0.6.1",
             "activation_encodings": {n: _entries_v061(e) for n, e in sorted(encodings.activations.items())},
@@ -106,8 +115,6 @@ def to_json(encodings: EncodingSet, *, version: str = "1.0.0") -> str:
             "excluded_layers": [],
             "quantizer_args": {},
         }
-    else:
-        raise EncodingsError(f"encodings version {version!r} is not one of {', '.join(FORMATS)}")
     return json.dumps(data, indent=2) + "\n"
 
 
@@ -131,7 +138,12 @@ def from_json(text: str, *, where: str = "encodings") -> EncodingSet:
                 result[section] = {name: _from_v061(name, entries) for name, entries in value.items()}
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             raise EncodingsError(f"{where}: {section}: malformed entry ({type(e).__name__}: {e})") from e
-    return EncodingSet(result["param_encodings"], result["activation_encodings"])
+    params = result["param_encodings"]
+    return EncodingSet(
+        weights={n: e for n, e in params.items() if e.bits < BIAS_MIN_BITS},
+        activations=result["activation_encodings"],
+        biases={n: e for n, e in params.items() if e.bits >= BIAS_MIN_BITS},
+    )
 
 
 def _from_aimet(name: str, bits: int, symmetric: bool, scales: list[float], offsets: list[int], per_channel: bool):
@@ -178,6 +190,6 @@ def user_named(
         for name in (*params, *activations) if name not in names
     }
     return EncodingSet(
-        params={names[n]: e for n, e in params.items() if n in names},
+        weights={names[n]: e for n, e in params.items() if n in names},
         activations={names[n]: e for n, e in activations.items() if n in names},
     ), absent

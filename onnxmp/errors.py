@@ -41,3 +41,15 @@ class StoreError(OnnxmpError):
 
 class RunError(OnnxmpError):
     """A run that could not finish (a worker died, an executor lost results); a rerun resumes."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message ('' when it has none): messages stay one line.
+
+    >>> first_line(ValueError("bad shape\\nTraceback of the C++ side"))
+    'bad shape'
+    >>> first_line(KeyError())
+    ''
+    """
+    text = str(exc)
+    return text.splitlines()[0] if text else ""

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxmp.errors import ModelError
+
 # ONNX attribute keys and op types used across onnxmp live here only.
 ATTR_GROUP = "group"
 ATTR_TRANS_A = "transA"
@@ -75,7 +77,7 @@ def build(model: onnx.ModelProto) -> DataflowGraph:
     graph = model.graph
     nodes = {node.name: node for node in graph.node}
     if len(nodes) != len(graph.node) or "" in nodes:
-        raise ValueError("nodes need unique non-empty names; run passes.canonicalize.name_nodes")
+        raise ModelError(_unnamed_or_repeated(graph))
     producer_of: dict[str, str] = {}
     consumers_of: dict[str, list[str]] = {}
     for node in graph.node:
@@ -113,6 +115,18 @@ def build(model: onnx.ModelProto) -> DataflowGraph:
         shapes=MappingProxyType(shapes),
         positions=MappingProxyType({node.name: i for i, node in enumerate(graph.node)}),
     )
+
+
+def _unnamed_or_repeated(graph: onnx.GraphProto) -> str:
+    """Which node breaks the one-name-per-node rule (canonicalize.name_nodes makes it hold)."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            return f"node {i} ({node.op_type} -> {', '.join(node.output)}) has no name; run canonicalize.name_nodes"
+        if node.name in seen:
+            return f"node name {node.name!r} is used twice; run canonicalize.name_nodes"
+        seen.add(node.name)
+    return "nodes need unique non-empty names"
 
 
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -163,6 +177,36 @@ def all_names(model: onnx.ModelProto) -> set[str]:
     names.update(t for n in graph.node for t in (*n.input, *n.output))
     names.update(i.name for i in (*graph.input, *graph.output, *graph.initializer, *graph.value_info))
     return names
+
+
+def output_channel_axis(op_type: str, position: int, rank: int, attrs: Mapping[str, object]) -> int | None:
+    """The output-channel axis of a weight that is input `position` of an `op_type` node.
+
+    None when the weight has no such axis that integer kernels take per channel: a grouped
+    ConvTranspose, Gemm's A, a batched (rank > 2) MatMul weight (ONNX Runtime's integer
+    MatMul takes per-column zero points only for 2-D weights), any other op.
+
+    >>> output_channel_axis("Conv", 1, 4, {}), output_channel_axis("Gemm", 1, 2, {"transB": 0})
+    (0, 1)
+    >>> output_channel_axis("MatMul", 0, 2, {}), output_channel_axis("MatMul", 1, 3, {})
+    (0, None)
+    """
+    if op_type == "Conv":
+        return 0
+    if op_type == "ConvTranspose":
+        return 1 if attrs.get(ATTR_GROUP, 1) == 1 else None
+    if op_type == "Gemm":
+        if position == 0:
+            return None
+        return 0 if attrs.get(ATTR_TRANS_B, 0) else 1
+    if op_type == "MatMul" and rank == 2:
+        return 1 if position == 1 else 0
+    return None
+
+
+def attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """Every attribute of `node` by name, as Python values."""
+    return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
 
 
 def get_attribute(node: onnx.NodeProto, name: str, default: object = None) -> object:

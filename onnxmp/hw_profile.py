@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 import yaml
 
-from onnxmp.errors import ProfileError
+from onnxmp.errors import ProfileError, first_line
 from onnxmp.records import Candidate, Granularity
 
 MIN_BITS, MAX_BITS = 2, 16
@@ -60,7 +60,7 @@ def load_profile(name_or_path: str | Path) -> HwProfile:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ProfileError(f"{where}: not valid YAML: {str(e).splitlines()[0]}") from e
+        raise ProfileError(f"{where}: not valid YAML: {first_line(e)}") from e
     if not isinstance(raw, dict):
         raise ProfileError(f"{where}: expected a mapping at the top level")
     return _parse(raw, where, hashlib.sha256(text.encode()).hexdigest())

@@ -1,40 +1,49 @@
-"""Load, validate, fingerprint and atomically save ONNX models; weightless copies of large ones.
+"""Load, validate, fingerprint and atomically save ONNX models.
 
 Why: the user's model is read once into a private copy (never modified on disk), bad
-files become one-line `ModelError`s, and outputs appear whole or not at all. Models whose
-weights pass the 2 GB protobuf limit cannot be serialized whole, and serializing large ones
-costs a second copy of every weight, so code that hands a model to C++ (checker, shape
-inference, version converter, ONNX Runtime) gives it a *weightless* copy: the big
-initializers keep name, type and dims and point at external data, and the weights travel
-separately (`weightless`, `restore_weights`).
+files become one-line `ModelError`s, and outputs appear whole or not at all. A large
+model is checked, hashed and saved without a serialization of all its weights: see
+`onnxmp.large_model`, whose names this module re-exports for its older callers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, MutableSequence, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx.defs
-from google.protobuf.message import DecodeError, Message
-from onnx import numpy_helper
+from google.protobuf.message import DecodeError
 
-from onnxmp.errors import ModelError
+from onnxmp.errors import ModelError, first_line
+from onnxmp.large_model import (
+    DEFAULT_LIMITS,
+    IN_MEMORY,
+    PackedModel,
+    SizeLimits,
+    is_large,
+    is_stub,
+    over_protobuf_limit,
+    pack,
+    raw_bytes,
+    restore_weights,
+    set_external,
+    unpack,
+    weightless,
+    weights,
+)
 
-PROTOBUF_LIMIT = 2**31 - 1  # bytes; a larger model is saved with its weights as external data
-LARGE_WEIGHTS = 256 * 2**20  # bytes of initializers from which C++ gets a weightless copy
-WEIGHT_MIN_BYTES = 1024  # smaller initializers stay inline in weightless copies (onnx's default)
-IN_MEMORY = "__onnxmp_in_memory__"  # external-data location of a weight held by the caller
 _ALIGNMENT = 4096  # external data offsets of tensors this large or larger (lets ORT mmap them)
-_VECTOR_INLINE_BELOW = 64 * 2**10  # bytes; smaller tensors of rank <= 1 may be shapes or scales
 _KNOWN_CUSTOM_DOMAINS = {"com.microsoft"}
+
+__all__ = [  # load/save here; the large-model names stay importable from model_io
+    "DEFAULT_LIMITS", "IN_MEMORY", "PackedModel", "SizeLimits", "fingerprint", "is_large", "is_stub",
+    "load", "pack", "restore_weights", "save", "unpack", "validate", "weightless", "weights", "write_text",
+]
 
 
 def load(path: str | Path) -> onnx.ModelProto:
@@ -62,7 +71,7 @@ def load(path: str | Path) -> onnx.ModelProto:
     return model
 
 
-def validate(model: onnx.ModelProto, where: str = "model") -> None:
+def validate(model: onnx.ModelProto, where: str = "model", *, limits: SizeLimits | None = None) -> None:
     """Raise `ModelError` unless every op is known to ONNX and the checker accepts the model.
 
     A large model (`is_large`) is checked without its weights, which the checker would
@@ -78,9 +87,9 @@ def validate(model: onnx.ModelProto, where: str = "model") -> None:
                 + (f" in domain {domain!r}" if domain else "")
             )
     try:
-        onnx.checker.check_model(_checkable(model) if is_large(model) else model)
+        onnx.checker.check_model(_checkable(model) if is_large(model, limits=limits) else model)
     except onnx.checker.ValidationError as e:
-        raise ModelError(f"{where}: invalid ONNX model: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"{where}: invalid ONNX model: {first_line(e)}") from e
 
 
 def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -121,29 +130,29 @@ def _hash_part(digest, kind: bytes, part: bytes) -> None:
     digest.update(part)
 
 
-def save(model: onnx.ModelProto, path: str | Path) -> Path:
+def save(model: onnx.ModelProto, path: str | Path, *, limits: SizeLimits | None = None) -> Path:
     """Write `model` atomically: a temporary file in the destination folder, then os.replace.
 
-    Models over the 2 GB protobuf limit are saved with their weights as external data
+    Models over the 2 GB protobuf limit (`limits.protobuf`) are saved with their weights as external data
     next to the model (`<name>.data`, one tensor at a time straight from the model, no copy
     of all weights); both files are written to temporaries first, then the data file and
     last the model are moved into place. `model` itself is never modified.
     """
     path = Path(path)
-    if not _over_limit(model):
+    if not over_protobuf_limit(model, limits=limits):
         return _atomically(path, lambda tmp: _write_synced(tmp, model.SerializeToString()))
     data_path = path.with_name(f"{path.name}.data")
-    tensors = weights(model)
+    tensors = weights(model, limits=limits)
     copy = weightless(model, tensors, location=data_path.name)
     stubs = {t.name: t for t in copy.graph.initializer}
     path.parent.mkdir(parents=True, exist_ok=True)
     with _temporary(data_path) as data_tmp, _temporary(path) as model_tmp:
         with open(data_tmp, "wb") as f:
             for tensor in tensors:
-                data = _raw_bytes(tensor)
+                data = raw_bytes(tensor)
                 if len(data) >= _ALIGNMENT:
                     f.seek(-f.tell() % _ALIGNMENT, os.SEEK_CUR)
-                _set_external(stubs[tensor.name], data_path.name, offset=f.tell(), length=len(data))
+                set_external(stubs[tensor.name], data_path.name, offset=f.tell(), length=len(data))
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -151,142 +160,6 @@ def save(model: onnx.ModelProto, path: str | Path) -> Path:
         os.replace(data_tmp, data_path)
         os.replace(model_tmp, path)
     return path
-
-
-def _over_limit(model: onnx.ModelProto) -> bool:
-    """Whether `model` serializes to `PROTOBUF_LIMIT` bytes or more (never underestimated).
-
-    Not `model.ByteSize()`: protobuf's upb backend serializes the message to size it (a copy
-    of every weight) and refuses over 2 GB.
-    """
-    tensors = weights(model)
-    return weightless(model, tensors).ByteSize() + sum(_nbytes(t) for t in tensors) >= PROTOBUF_LIMIT
-
-
-def is_large(model: onnx.ModelProto) -> bool:
-    """True when the initializers hold `LARGE_WEIGHTS` bytes or more: C++ then gets a weightless copy."""
-    return sum(_nbytes(t) for t in model.graph.initializer) >= LARGE_WEIGHTS
-
-
-def weights(model: onnx.ModelProto, *, min_bytes: int | None = None) -> list[onnx.TensorProto]:
-    """The graph initializers a weightless copy leaves out, in graph order (the model's own protos).
-
-    Those of `min_bytes` (default `WEIGHT_MIN_BYTES`) or more whose data is inline (in
-    `raw_data` or a typed field such as `int32_data`), strings excepted.
-    Tensors of rank 0 or 1 under 64 KiB always stay inline: they may be shapes, pads, axes or
-    Resize scales, whose values shape inference and ONNX Runtime read while resolving the graph.
-    """
-    least = WEIGHT_MIN_BYTES if min_bytes is None else min_bytes
-    return [
-        t for t in model.graph.initializer
-        if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type != onnx.TensorProto.STRING
-        and (size := _nbytes(t)) >= least
-        and not (len(t.dims) <= 1 and size < _VECTOR_INLINE_BELOW)
-    ]
-
-
-def weightless(model: onnx.ModelProto, tensors: Sequence[onnx.TensorProto], *, location: str = IN_MEMORY) -> onnx.ModelProto:
-    """A copy of `model` whose initializers named in `tensors` keep name, type and dims but no data.
-
-    Each is marked as external data at `location`; nothing of the weights is copied.
-    """
-    names = {t.name for t in tensors}
-    copy = onnx.ModelProto()
-    _copy_fields(model, copy, skip="graph")
-    _copy_fields(model.graph, copy.graph, skip="initializer")
-    for tensor in model.graph.initializer:
-        if tensor.name not in names:
-            copy.graph.initializer.append(tensor)
-            continue
-        stub = copy.graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type)
-        if tensor.HasField("doc_string"):
-            stub.doc_string = tensor.doc_string
-        _set_external(stub, location)
-    return copy
-
-
-def restore_weights(model: onnx.ModelProto, tensors: Sequence[onnx.TensorProto]) -> onnx.ModelProto:
-    """Put `tensors` back in place of their in-memory stubs in `model` (edited in place: a copy you own)."""
-    by_name = {t.name: t for t in tensors}
-    for stub in model.graph.initializer:
-        if stub.name in by_name and is_stub(stub):
-            stub.CopyFrom(by_name[stub.name])
-    return model
-
-
-@dataclass(frozen=True)
-class PackedModel:
-    """A model on its way to another process (a pool worker, a Ray task): see `pack`."""
-
-    structure: bytes  # the serialized model, weightless when `weights` is not empty
-    weights: Mapping[str, np.ndarray]  # a large model's weights by initializer name, else empty
-
-
-def pack(model: onnx.ModelProto) -> PackedModel:
-    """`model` as bytes; a large one (`is_large`) as a weightless copy plus its weights as arrays.
-
-    pickle and Ray move numpy arrays as they are (no serialization over 2 GB, no bytes
-    object holding every weight a second time); `unpack` puts them back bit for bit.
-    """
-    if not is_large(model):
-        return PackedModel(model.SerializeToString(), {})
-    # numpy's own dtypes only (isbuiltin 1): ONNX Runtime takes no OrtValue of bfloat16,
-    # float8 or int4 arrays, so those weights stay inline
-    tensors = [t for t in weights(model) if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).isbuiltin == 1]
-    arrays = {t.name: numpy_helper.to_array(t) for t in tensors}
-    return PackedModel(weightless(model, tensors).SerializeToString(), arrays)
-
-
-def unpack(packed: PackedModel) -> onnx.ModelProto:
-    """The model `pack` packed, weights in place (raw data; a stub's doc_string is kept)."""
-    model = onnx.load_from_string(packed.structure)
-    for stub in model.graph.initializer:
-        if stub.name in packed.weights and is_stub(stub):
-            tensor = numpy_helper.from_array(packed.weights[stub.name], stub.name)
-            if stub.HasField("doc_string"):
-                tensor.doc_string = stub.doc_string
-            stub.CopyFrom(tensor)
-    return model
-
-
-def is_stub(tensor: onnx.TensorProto) -> bool:
-    """Whether `tensor` is a stub of `weightless`, whose data the caller holds."""
-    return tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.external_data[0].value == IN_MEMORY
-
-
-def _copy_fields(source, target, *, skip: str) -> None:
-    """Copy every set field of the message `source` into `target` except `skip`."""
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if isinstance(value, MutableSequence):  # a repeated field
-            getattr(target, field.name).extend(value)
-        elif isinstance(value, Message):
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
-def _nbytes(tensor: onnx.TensorProto) -> int:
-    """Bytes of the tensor's data, at least: `raw_data` sized from dims and type, since
-    `ByteSize()` serializes under upb (sub-byte types count a byte an element)."""
-    if not tensor.HasField("raw_data") or tensor.data_type not in onnx.helper.get_all_tensor_dtypes():
-        return tensor.ByteSize()  # typed fields hold varints: only the encoding knows their size
-    return math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-
-
-def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
-    """The tensor's data as external data stores it (typed fields converted through numpy)."""
-    if tensor.HasField("raw_data"):
-        return tensor.raw_data
-    return numpy_helper.from_array(numpy_helper.to_array(tensor)).raw_data
-
-
-def _set_external(stub: onnx.TensorProto, location: str, **fields: int) -> None:
-    stub.data_location = onnx.TensorProto.EXTERNAL
-    del stub.external_data[:]
-    for key, value in {"location": location, **fields}.items():
-        stub.external_data.add(key=key, value=str(value))
 
 
 def write_text(text: str, path: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""Pure numpy quantization math: qparams, quantize/dequantize, MSE range search, SQNR.
+"""Pure numpy quantization math: qparams, quantize/dequantize, MSE range search, noise sums.
 
 Why one module: the simulation (phase 1), the emitted QDQ model and the encodings file
 must agree bit for bit, so every formula lives here once.
@@ -10,8 +10,6 @@ Rounding is half-to-even, as ONNX QuantizeLinear does.
 from __future__ import annotations
 
 import numpy as np
-
-from onnxmp.records import integer_range
 
 # Clipping ratios tried by the MSE search, as fractions of the observed range.
 _CLIP_RATIOS = np.linspace(0.05, 1.0, 96)
@@ -157,27 +155,22 @@ def signal_and_noise(reference: np.ndarray, approximate: np.ndarray) -> tuple[fl
     return float(np.sum(ref * ref)), float(np.sum(diff * diff))
 
 
-def sqnr_db(signal: float, noise: float) -> float:
-    """10·log10(signal / noise); +inf when the noise is exactly zero (no epsilon).
+def weight_scale(w: np.ndarray, bits: int, axis: int | None, *, mse: bool) -> np.ndarray:
+    """Scales of a symmetric signed (per-channel along `axis`) weight quantizer: MSE or |max|.
 
-    >>> round(sqnr_db(25.0, 1.0), 3), sqnr_db(1.0, 0.0)
-    (13.979, inf)
+    >>> weight_scale(np.array([[1.0, -0.5], [0.25, 0.1]], np.float32), 8, 0, mse=False).tolist()
+    [0.007874015718698502, 0.0019685039296746254]
     """
-    if noise == 0:
-        return float("inf")
-    if signal == 0:
-        return float("-inf")
-    return float(10 * np.log10(signal / noise))
+    return mse_weight_scale(w, bits, axis) if mse else minmax_weight_scale(w, bits, axis)
 
 
-def weight_encoding_params(
-    w: np.ndarray, bits: int, axis: int | None, *, mse: bool
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Scales, integer weights and integer range of a symmetric (per-channel) weight quantizer."""
-    scale = mse_weight_scale(w, bits, axis) if mse else minmax_weight_scale(w, bits, axis)
-    qmin, qmax = integer_range(bits, signed=True, symmetric=True)
-    shape = [1] * w.ndim
+def broadcast_shape(rank: int, axis: int | None) -> list[int]:
+    """The shape a per-channel vector takes to broadcast along `axis` of a rank-`rank` tensor.
+
+    >>> broadcast_shape(4, 0), broadcast_shape(2, 1), broadcast_shape(3, None)
+    ([-1, 1, 1, 1], [1, -1], [1, 1, 1])
+    """
+    shape = [1] * rank
     if axis is not None:
         shape[axis] = -1
-    w_int = quantize(w, scale.reshape(shape), 0, qmin, qmax)
-    return scale, w_int, qmin, qmax
+    return shape

@@ -167,6 +167,24 @@ class TensorEncoding:
         return integer_range(self.bits, signed=self.signed, symmetric=self.symmetric)[1]
 
 
+@dataclass(frozen=True)
+class EncodingSet:
+    """The encoding of every quantized tensor of one configuration, by tensor name.
+
+    Biases (int32, more than 16 bits) are kept apart from weights because their scale is
+    derived (s_x * s_w); an encodings file lists both as `params`.
+    """
+
+    weights: Mapping[str, TensorEncoding]
+    activations: Mapping[str, TensorEncoding]
+    biases: Mapping[str, TensorEncoding] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, TensorEncoding]:
+        """Weights and biases, as AIMET's `param_encodings` list them."""
+        return {**self.weights, **self.biases}
+
+
 def integer_range(bits: int, *, signed: bool, symmetric: bool) -> tuple[int, int]:
     """The integer grid of a quantizer; symmetric signed grids drop -2^(b-1) (restricted range).
 

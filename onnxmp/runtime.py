@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions with fixed, deterministic options; runs with extra outputs.
+"""ONNX Runtime sessions with fixed, deterministic options; batched runs.
 
 Why: every measurement in onnxmp (calibration, phase 1, evaluation) must be repeatable, so
 sessions are made in one place: CPU provider, a fixed optimization level, fixed threads.
@@ -11,22 +11,56 @@ simulation would no longer compute exactly x_hat = s * (q - z) where the model s
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxmp import model_io
-from onnxmp.errors import ModelError
+from onnxmp import large_model
+from onnxmp.errors import ModelError, first_line
 
-OPTIMIZATION_LEVELS = {
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-}
+
+class Optimization(enum.Enum):
+    """ONNX Runtime's graph optimization levels that onnxmp uses, by their short names."""
+
+    ALL = "all"
+    BASIC = "basic"
+    DISABLED = "disabled"
+
+    @property
+    def ort_level(self) -> ort.GraphOptimizationLevel:
+        return {
+            Optimization.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            Optimization.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            Optimization.DISABLED: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[self]
+
+
+@dataclass(frozen=True)
+class Session:
+    """An ONNX Runtime session and the weight arrays it reads in place.
+
+    A large model's weights reach ORT as OrtValues over numpy arrays (see `_payload`) that
+    ORT does not own: holding them here keeps them alive exactly as long as the session.
+    `weights` is empty when ORT got the whole serialized model or a path.
+    """
+
+    ort: ort.InferenceSession
+    weights: tuple[np.ndarray, ...] = ()
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list:
+        return self.ort.run(output_names, feeds)
+
+    def get_outputs(self) -> list:
+        return self.ort.get_outputs()
+
+    def get_inputs(self) -> list:
+        return self.ort.get_inputs()
 
 
 # ClipQuantRewrite still runs under disable_quant_qdq and fails on uint4 zero points.
@@ -40,18 +74,20 @@ def default_threads() -> int:
 def session(
     model: onnx.ModelProto | str,
     *,
-    optimization: str = "all",
+    optimization: Optimization | str = Optimization.ALL,
     threads: int | None = None,
     optimized_model_path: str | None = None,
     simulate: bool = True,
     shared_arena: bool = False,
-) -> ort.InferenceSession:
-    """An InferenceSession on the CPU with deterministic settings.
+    limits: large_model.SizeLimits | None = None,
+) -> Session:
+    """An InferenceSession on the CPU with deterministic settings (`optimization` an
+    `Optimization` or its value).
 
     `simulate=False` keeps ONNX Runtime's QDQ fusions (integer kernels), as a deployment
     runtime would run the model. A large model's weights reach ORT as in-memory external
     initializers (see `_payload`), with bit-identical results. `shared_arena=True` draws
-    activations from one process-wide arena instead of the session's own, for the many
+    activations from the process-wide arena of `register_shared_arena` instead of the session's own, for the many
     short-lived sessions of phase 1 (no arena regrown per session; it never shrinks, so
     sessions with other working sets, like calibration's, keep their own).
 
@@ -59,7 +95,7 @@ def session(
         ModelError: ONNX Runtime cannot load the model.
     """
     options = ort.SessionOptions()
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.graph_optimization_level = Optimization(optimization).ort_level
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -72,57 +108,48 @@ def session(
         options.optimized_model_filepath = optimized_model_path
     if shared_arena:
         _use_shared_arena(options)
-    payload, weights = _payload(model, options)
+    payload, weights = _payload(model, options, limits)
     try:
         sess = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-        raise ModelError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
-    sess.onnxmp_weights = weights  # ORT reads these arrays in place: they live as long as the session
-    return sess
+        raise ModelError(f"ONNX Runtime cannot load the model: {first_line(e)}") from e
+    return Session(sess, weights)
 
 
 def _use_shared_arena(options: ort.SessionOptions) -> None:
-    """Draw activations from one process-wide arena that grows only by what a run asks for."""
-    _register_shared_arena()
+    """Draw activations from the process-wide arena that grows only by what a run asks for."""
+    register_shared_arena()
     options.add_session_config_entry("session.use_env_allocators", "1")
 
 
 @functools.cache
-def _register_shared_arena() -> None:
+def register_shared_arena() -> None:
+    """Register ONNX Runtime's environment arena, once per process (a cached factory).
+
+    ORT keeps environment allocators process-wide, so this state is the process's, not a
+    session's: sessions opt in with `session(..., shared_arena=True)`.
+    """
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1: kSameAsRequested
 
 
-def _payload(model: onnx.ModelProto | str, options: ort.SessionOptions) -> tuple[str | bytes, tuple[np.ndarray, ...]]:
-    """What ORT loads: a path, or `model_io.pack(model)`: the serialized model, or for a
+def _payload(
+    model: onnx.ModelProto | str, options: ort.SessionOptions, limits: large_model.SizeLimits | None
+) -> tuple[str | bytes, tuple[np.ndarray, ...]]:
+    """What ORT loads: a path, or `large_model.pack(model)`: the serialized model, or for a
     large model a weightless copy whose weights are added to `options` as OrtValues over
     numpy arrays, so ORT gets no second serialized copy (and none over 2 GB)."""
     if isinstance(model, str):
         return model, ()
-    packed = model_io.pack(model)
+    packed = large_model.pack(model, limits=limits)
     arrays = tuple(packed.weights.values())
     if arrays:
         options.add_external_initializers(list(packed.weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
     return packed.structure, arrays
 
 
-def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs `tensors` (dtype/shape from value_info if known)."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    existing = {o.name for o in result.graph.output}
-    infos = {v.name: v for v in (*result.graph.value_info, *result.graph.input)}
-    for name in tensors:
-        if name in existing:
-            continue
-        info = infos.get(name)
-        result.graph.output.append(info if info is not None else onnx.helper.make_empty_tensor_value_info(name))
-        existing.add(name)
-    return result
-
-
 def run_batches(
-    sess: ort.InferenceSession,
+    sess: Session,
     batches: Iterable[Mapping[str, np.ndarray]],
     outputs: Sequence[str] | None = None,
 ) -> Iterable[dict[str, np.ndarray]]:

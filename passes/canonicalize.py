@@ -5,8 +5,8 @@ weights as initializers and need every tensor's dtype; exporters leave weights i
 nodes and shape arithmetic (TF-"same" padding chains feeding Pad) that must fold away so
 Pad/Reshape see constants and quantizers see the true dataflow.
 
-Large models (`model_io.is_large`) go to the version converter, shape inference and
-graphsurgeon as weightless copies, so no pass serializes the weights (impossible over 2 GB)
+Large models (`large_model.is_large` under the keyword `limits`) go to the version converter,
+shape inference and graphsurgeon as weightless copies, so no pass serializes the weights (impossible over 2 GB)
 or holds them more than twice (input and result).
 """
 
@@ -19,9 +19,10 @@ import onnx_graphsurgeon as gs
 from onnx import shape_inference, version_converter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxmp import model_io
+from onnxmp import large_model
 from onnxmp.errors import PassError
 from onnxmp.graph import all_names, unique_name
+from onnxmp.large_model import SizeLimits
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
-def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+def upgrade_opset(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> onnx.ModelProto:
     """Return a copy at opset 21 (the first with int4/uint4 and int16 QuantizeLinear).
 
     Models already at 21 or above are returned as an unchanged copy.
@@ -55,33 +56,34 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         result = onnx.ModelProto()
         result.CopyFrom(model)
         return result
-    weights = model_io.weights(model) if model_io.is_large(model) else []
+    weights = large_model.large_weights(model, limits=limits)
     try:
         converted = version_converter.convert_version(_private_copy(model, weights), TARGET_OPSET)
     except Exception as e:  # the converter raises bare RuntimeError/ValidationError
         raise PassError(f"upgrade_opset: cannot convert opset {current} to {TARGET_OPSET}: {e}") from e
     if converted.ir_version < 10:
         converted.ir_version = 10
-    return model_io.restore_weights(converted, weights)
+    return large_model.restore_weights(converted, weights)
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> onnx.ModelProto:
     """Return a copy with dtypes and shapes of every tensor (symbolic dims kept symbolic)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    return _with_inferred_shapes(result)
+    return _with_inferred_shapes(result, limits)
 
 
-def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def _with_inferred_shapes(model: onnx.ModelProto, limits: SizeLimits | None) -> onnx.ModelProto:
     """`model` (a copy the caller owns, edited in place when large) with shapes inferred.
 
     A large model's weightless copy goes to shape inference; its inferred value_info, graph
     outputs and nodes (subgraphs carry value_info too) are copied back.
     """
     del model.graph.value_info[:]
-    if not model_io.is_large(model):
+    if not large_model.is_large(model, limits=limits):
         return shape_inference.infer_shapes(model, data_prop=True)
-    inferred = shape_inference.infer_shapes(model_io.weightless(model, model_io.weights(model)), data_prop=True)
+    weightless = large_model.weightless(model, large_model.weights(model, limits=limits))
+    inferred = shape_inference.infer_shapes(weightless, data_prop=True)
     for name in ("node", "value_info", "output"):
         field = getattr(model.graph, name)
         del field[:]
@@ -89,20 +91,20 @@ def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+def fold_constants(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> onnx.ModelProto:
     """Return a copy with constant subgraphs evaluated and Constant nodes turned into initializers.
 
     Rule cases: a node whose inputs are all constants is evaluated (with ONNX Runtime,
     through onnx-graphsurgeon) and replaced by its value; Shape of a tensor with a known
     static shape folds too; nodes left without consumers are removed.
     """
-    weights = model_io.weights(model) if model_io.is_large(model) else []
+    weights = large_model.large_weights(model, limits=limits)
     graph, stubs = import_graph(model, weights)
     before = len(graph.nodes)
     graph.fold_constants(fold_shapes=True, error_ok=False).cleanup().toposort()
     result = export_graph(graph, model, stubs)
     logger.debug("fold_constants: %d -> %d nodes", before, len(result.graph.node))
-    return model_io.restore_weights(_with_inferred_shapes(result), weights)
+    return large_model.restore_weights(_with_inferred_shapes(result, limits), weights)
 
 
 def import_graph(
@@ -116,14 +118,14 @@ def import_graph(
     copy = _private_copy(model, weights)  # graphsurgeon names the Constant nodes it imports
     graph = gs.import_onnx(copy)
     _set_values(graph, {t.name: t for t in weights})
-    return graph, {t.name: t for t in copy.graph.initializer if model_io.is_stub(t)}
+    return graph, {t.name: t for t in copy.graph.initializer if large_model.is_stub(t)}
 
 
 def export_graph(graph: gs.Graph, model: onnx.ModelProto, stubs: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
     """Export `graph` (from `import_graph`) with `model`'s IR version and opsets.
 
     Constants still reading the caller's weights export as their `stubs` (graphsurgeon
-    would copy each weight twice): the result is weightless until `model_io.restore_weights`.
+    would copy each weight twice): the result is weightless until `large_model.restore_weights`.
     """
     _set_values(graph, stubs)
     result = gs.export_onnx(graph, do_type_check=False)
@@ -143,7 +145,7 @@ def _set_values(graph: gs.Graph, tensors: dict[str, onnx.TensorProto]) -> None:
 def _private_copy(model: onnx.ModelProto, weights: list[onnx.TensorProto]) -> onnx.ModelProto:
     """A copy of `model` to hand to C++ or graphsurgeon: weightless when `weights` are given."""
     if weights:
-        return model_io.weightless(model, weights)
+        return large_model.weightless(model, weights)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy

@@ -4,45 +4,48 @@ Why: the device runs the folded kernel, so quantizers must see folded weights; a
 unfolded BN would sit between a Conv and its activation quantizer and distort both the
 weight ranges and the sensitivity list.
 
-A large model (`model_io.is_large`) goes to graphsurgeon as a weightless copy whose
+A large model (`large_model.is_large` under `limits`) goes to graphsurgeon as a weightless copy whose
 constants read the caller's weights only where a fold needs them; the result gets the
-weights back once (`model_io.restore_weights`), never a graphsurgeon copy of each.
+weights back once (`large_model.restore_weights`), never a graphsurgeon copy of each.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxmp import model_io
+from onnxmp import large_model
 from onnxmp.encodings import PROVENANCE_PREFIX
-from onnxmp.graph import all_names, unique_name
+from onnxmp.graph import DataflowGraph, all_names, attributes, output_channel_axis, unique_name
 from onnxmp.passes.canonicalize import export_graph, import_graph
+from onnxmp.quant_math import broadcast_shape
 
 logger = logging.getLogger(__name__)
 
 _FOLDABLE = {"Conv", "Gemm"}
 
 
-def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+def fold_batchnorm(model: onnx.ModelProto, *, limits: large_model.SizeLimits | None = None) -> onnx.ModelProto:
     """Return a copy of `model` with every foldable producer->BatchNormalization pair folded.
 
     A pair is folded when:
     1. the producer is Conv or Gemm (alpha = beta = 1) and its output feeds only the BN;
     2. producer weight/bias and all BN parameters are constants;
     3. the BN is in inference mode (one output).
-    Other BNs are kept; each is logged at DEBUG with the reason.
+    Other BNs are kept; `quantizer_groups` reports each with the reason (`why_not_foldable`).
     """
-    weights = model_io.weights(model) if model_io.is_large(model) else []
+    weights = large_model.large_weights(model, limits=limits)
     graph, stubs = import_graph(model, weights)  # a large model's weights are read only when folded
     taken = all_names(model)
     provenance: dict[str, str] = {}
     folded = 0
     for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
-        reason = _why_not_foldable(bn, graph)
+        reason = why_not_foldable(_gs_site(bn, graph))
         if reason is not None:
             logger.debug("keep %s: %s", bn.name, reason)
             continue
@@ -53,29 +56,70 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     for init in result.graph.initializer:
         if init.name in provenance:  # so encodings can name the user's tensor
             init.doc_string = f"{PROVENANCE_PREFIX}{provenance[init.name]}"
-    return model_io.restore_weights(result, weights)
+    return large_model.restore_weights(result, weights)
 
 
-def _why_not_foldable(bn: gs.Node, graph: gs.Graph) -> str | None:
-    if len([o for o in bn.outputs if o.name]) != 1:
+@dataclass(frozen=True)
+class BnSite:
+    """What decides whether a BatchNormalization folds, read from either graph form."""
+
+    outputs: int  # named outputs of the BN (inference mode has one)
+    constant_params: bool  # scale, B, mean and var are constants
+    producer: str | None  # the node computing the BN input, None for a graph input
+    producer_op: str = ""
+    producer_attrs: Mapping[str, object] = field(default_factory=dict)
+    sole_consumer: bool = True  # the BN is the only reader of the producer's output
+    constant_weights: bool = True  # the producer's weight and bias are constants
+
+
+def why_not_foldable(site: BnSite) -> str | None:
+    """The reason a BatchNormalization stays unfolded, None when it folds (see `fold_batchnorm`)."""
+    if site.outputs != 1:
         return "training-mode BatchNormalization (several outputs)"
-    if not all(isinstance(t, gs.Constant) for t in bn.inputs[1:]):
+    if not site.constant_params:
         return "BN parameters are not constants"
-    if not bn.inputs[0].inputs:
+    if site.producer is None:
         return "BN input is a graph input"
-    producer = bn.inputs[0].inputs[0]
-    if producer.op not in _FOLDABLE:
-        return f"producer {producer.name} is {producer.op}, not Conv or Gemm"
-    if len(bn.inputs[0].outputs) != 1 or any(t.name == bn.inputs[0].name for t in graph.outputs):
-        return f"output of {producer.name} has consumers besides the BN"
-    if not all(isinstance(t, gs.Constant) for t in producer.inputs[1:]):
-        return f"weights of {producer.name} are not constants"
-    if producer.op == "Gemm" and (
-        producer.attrs.get("alpha", 1.0) != 1.0 or producer.attrs.get("beta", 1.0) != 1.0
-        or producer.attrs.get("transA", 0)
+    if site.producer_op not in _FOLDABLE:
+        return f"producer {site.producer} is {site.producer_op}, not Conv or Gemm"
+    if not site.sole_consumer:
+        return f"output of {site.producer} has consumers besides the BN"
+    if not site.constant_weights:
+        return f"weights of {site.producer} are not constants"
+    attrs = site.producer_attrs
+    if site.producer_op == "Gemm" and (
+        attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0)
     ):
-        return f"Gemm {producer.name} has alpha/beta != 1 or transA"
+        return f"Gemm {site.producer} has alpha/beta != 1 or transA"
     return None
+
+
+def bn_site(graph: DataflowGraph, bn: onnx.NodeProto) -> BnSite:
+    """The `BnSite` of node `bn` of an indexed model (how `quantizer_groups` asks)."""
+    producer = graph.producer(bn.input[0])
+    return BnSite(
+        outputs=len([o for o in bn.output if o]),
+        constant_params=all(graph.is_constant(t) for t in bn.input[1:]),
+        producer=None if producer is None else producer.name,
+        producer_op="" if producer is None else producer.op_type,
+        producer_attrs={} if producer is None else attributes(producer),
+        sole_consumer=len(graph.consumers(bn.input[0])) == 1 and bn.input[0] not in graph.graph_outputs,
+        constant_weights=producer is None or all(graph.is_constant(t) for t in producer.input[1:] if t),
+    )
+
+
+def _gs_site(bn: gs.Node, graph: gs.Graph) -> BnSite:
+    """The `BnSite` of `bn` in graphsurgeon's graph, as folding leaves it so far."""
+    producer = bn.inputs[0].inputs[0] if bn.inputs[0].inputs else None
+    return BnSite(
+        outputs=len([o for o in bn.outputs if o.name]),
+        constant_params=all(isinstance(t, gs.Constant) for t in bn.inputs[1:]),
+        producer=None if producer is None else producer.name,
+        producer_op="" if producer is None else producer.op,
+        producer_attrs={} if producer is None else producer.attrs,
+        sole_consumer=len(bn.inputs[0].outputs) == 1 and all(t.name != bn.inputs[0].name for t in graph.outputs),
+        constant_weights=producer is None or all(isinstance(t, gs.Constant) for t in producer.inputs[1:]),
+    )
 
 
 def _fold(bn: gs.Node, taken: set[str]) -> dict[str, str]:
@@ -84,11 +128,8 @@ def _fold(bn: gs.Node, taken: set[str]) -> dict[str, str]:
     gamma, beta, mean, var = (t.values.astype(np.float64) for t in bn.inputs[1:5])
     factor = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
     weight = producer.inputs[1].values.astype(np.float64)
-    # output channels: Conv weight axis 0; Gemm B axis 0 when transposed, else 1
-    axis = 1 if producer.op == "Gemm" and not producer.attrs.get("transB", 0) else 0
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    new_weight = (weight * factor.reshape(shape)).astype(np.float32)
+    axis = output_channel_axis(producer.op, 1, weight.ndim, producer.attrs)
+    new_weight = (weight * factor.reshape(broadcast_shape(weight.ndim, axis))).astype(np.float32)
     bias = producer.inputs[2].values.astype(np.float64) if len(producer.inputs) > 2 else 0.0
     new_bias = ((bias - mean) * factor + beta).astype(np.float32)
     original = producer.inputs[1].name

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import quant_math
 from onnxmp.graph import all_names, unique_name
-from onnxmp.records import GroupAnalysis, Plan, TensorEncoding
+from onnxmp.records import EncodingSet, GroupAnalysis, Plan, TensorEncoding
 
 Encodings = Mapping[tuple[str, int], TensorEncoding]
 NATIVE_BITS = (4, 8, 16)
@@ -39,15 +39,6 @@ _INT32_SAFE = 2**31 - 2**8  # headroom for float32 rounding of s_x * s_w
 class WeightStorage(enum.Enum):
     INTEGER = "integer"
     FAKE_FLOAT = "fake_float"
-
-
-@dataclass(frozen=True)
-class Quantizers:
-    """The encoding of every quantized tensor of one configuration, by tensor name."""
-
-    weights: Mapping[str, TensorEncoding]
-    activations: Mapping[str, TensorEncoding]
-    biases: Mapping[str, TensorEncoding] = field(default_factory=dict)
 
 
 def insert_qdq(
@@ -66,7 +57,7 @@ def insert_qdq(
 
 def quantizers_for(
     model: onnx.ModelProto, analysis: GroupAnalysis, plan: Plan, encodings: Encodings, *, quantize_bias: bool = False
-) -> Quantizers:
+) -> EncodingSet:
     """Resolve a plan into per-tensor encodings (and int32 bias encodings s_x * s_w)."""
     weight_encodings, act_encodings = {}, {}
     for group in analysis.groups:
@@ -76,7 +67,7 @@ def quantizers_for(
         weight_encodings.update({w: encodings[(w, candidate.w_bits)] for w in group.weights})
         act_encodings.update({t: encodings[(t, candidate.a_bits)] for t in group.activations})
     biases = _bias_encodings(model, analysis, weight_encodings, act_encodings) if quantize_bias else {}
-    return Quantizers(weight_encodings, act_encodings, biases)
+    return EncodingSet(weight_encodings, act_encodings, biases)
 
 
 def _bias_encodings(model, analysis: GroupAnalysis, weight_enc, act_enc) -> dict[str, TensorEncoding]:
@@ -108,7 +99,7 @@ def _bias_encodings(model, analysis: GroupAnalysis, weight_enc, act_enc) -> dict
     return result
 
 
-def insert_quantizers(model: onnx.ModelProto, quantizers: Quantizers, *, weights: WeightStorage) -> onnx.ModelProto:
+def insert_quantizers(model: onnx.ModelProto, quantizers: EncodingSet, *, weights: WeightStorage) -> onnx.ModelProto:
     """Return a copy of `model` with a DequantizeLinear per weight/bias and a Q/DQ pair per activation."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
@@ -172,16 +163,9 @@ def _activation_dtype(bits: int, signed: bool) -> int:
     return TensorProto.INT16 if signed else TensorProto.UINT16
 
 
-def _scale_shape(enc: TensorEncoding, rank: int) -> list[int]:
-    shape = [1] * rank
-    if enc.axis is not None:
-        shape[enc.axis] = -1
-    return shape
-
-
 def _fake_quantized(init: onnx.TensorProto, enc: TensorEncoding) -> onnx.TensorProto:
     w = numpy_helper.to_array(init)
-    scale = np.asarray(enc.scale, np.float32).reshape(_scale_shape(enc, w.ndim))
+    scale = np.asarray(enc.scale, np.float32).reshape(quant_math.broadcast_shape(w.ndim, enc.axis))
     values = quant_math.fake_quantize(w, scale, 0, enc.qmin, enc.qmax)
     return numpy_helper.from_array(values.astype(w.dtype), init.name)
 
@@ -189,7 +173,7 @@ def _fake_quantized(init: onnx.TensorProto, enc: TensorEncoding) -> onnx.TensorP
 def _dequantized_weight(init: onnx.TensorProto, enc: TensorEncoding, taken: set[str]):
     w = numpy_helper.to_array(init)
     scale = np.asarray(enc.scale, np.float32)
-    w_int = quant_math.quantize(w, scale.reshape(_scale_shape(enc, w.ndim)), 0, enc.qmin, enc.qmax)
+    w_int = quant_math.quantize(w, scale.reshape(quant_math.broadcast_shape(w.ndim, enc.axis)), 0, enc.qmin, enc.qmax)
     dtype = _weight_dtype(enc.bits)
     q_name = unique_name(taken, f"{init.name}_quantized")
     s_name = unique_name(taken, f"{init.name}_scale")

@@ -25,6 +25,7 @@ import networkx as nx
 
 from onnxmp.graph import ATTR_MODE, DataflowGraph, get_attribute
 from onnxmp.hw_profile import HwProfile
+from onnxmp.passes.fold_batchnorm import bn_site, why_not_foldable
 from onnxmp.records import Candidate, GroupAnalysis, QuantizerGroup, SkippedOp
 
 WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -79,6 +80,9 @@ def _why_not_quantized(graph: DataflowGraph, node, profile: HwProfile) -> str | 
             return "Resize that interpolates is not data movement; runs in float"
         return ""
     if op not in profile.quantized_ops:
+        unfolded = why_not_foldable(bn_site(graph, node)) if op == "BatchNormalization" else None
+        if unfolded is not None:
+            return f"BatchNormalization not folded ({unfolded}); runs in float on profile {profile.name}"
         return f"op type {op} runs in float on profile {profile.name}"
     if op in WEIGHT_OPS and op != "MatMul" and not graph.is_constant(node.input[1]):
         return f"{op} weight {node.input[1]!r} is not a constant"

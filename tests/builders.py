@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from onnxmp import graph as graph_index
 from onnxmp import passes
+from onnxmp.large_model import SizeLimits
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -386,10 +387,10 @@ class Canonical:
     graph: graph_index.DataflowGraph
 
 
-def canonical(model: onnx.ModelProto) -> Canonical:
-    """Run every pass of `passes.CANONICALIZE` in order, then index the result."""
+def canonical(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> Canonical:
+    """Run every pass of `passes.CANONICALIZE` in order (those that take them with `limits`), then index."""
     for run in passes.CANONICALIZE:
-        model = run(model)
+        model = run(model) if run is passes.name_nodes else run(model, limits=limits)
     return Canonical(model, graph_index.build(model))
 
 

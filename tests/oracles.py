@@ -7,7 +7,7 @@ test that compares onnxmp to them can fail when onnxmp is wrong.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -20,6 +20,21 @@ def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np
     sess = runtime.session(model)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, dict(feeds)), strict=True))
+
+
+def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs `tensors` (dtype/shape from value_info if known)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    existing = {o.name for o in result.graph.output}
+    infos = {v.name: v for v in (*result.graph.value_info, *result.graph.input)}
+    for name in tensors:
+        if name in existing:
+            continue
+        info = infos.get(name)
+        result.graph.output.append(info if info is not None else onnx.helper.make_empty_tensor_value_info(name))
+        existing.add(name)
+    return result
 
 
 def assert_same_outputs(

@@ -79,7 +79,7 @@ def test_unsigned_8_bit_offset_is_minus_the_zero_point():
     # x_int = round(x / 0.1) - offset on [0, 255]; zero point 10 -> offset -10,
     # min = 0.1 * -10 = -1.0, max = 0.1 * (255 - 10) = 24.5
     enc = TensorEncoding("act", 8, (0.1,), (10,), signed=False, symmetric=False)
-    codes = encodings.EncodingSet(params={}, activations={"act": enc})
+    codes = encodings.EncodingSet(weights={}, activations={"act": enc})
 
     v1 = json.loads(encodings.to_json(codes, version="1.0.0"))
     assert v1["version"] == "1.0.0"
@@ -104,7 +104,7 @@ def test_signed_symmetric_4_bit_per_channel_weight_has_offset_minus_8():
     # min = -8 s, max = s * (15 - 8) = 7 s
     scales = (0.5, 0.25, 0.125)
     enc = TensorEncoding("w", 4, scales, (0, 0, 0), signed=True, symmetric=True, axis=0)
-    codes = encodings.EncodingSet(params={"w": enc}, activations={})
+    codes = encodings.EncodingSet(weights={"w": enc}, activations={})
 
     v1 = json.loads(encodings.to_json(codes, version="1.0.0"))
     assert v1["param_encodings"] == [
@@ -120,6 +120,13 @@ def test_signed_symmetric_4_bit_per_channel_weight_has_offset_minus_8():
     assert [e["max"] for e in entries] == [3.5, 1.75, 0.875]  # 7 * s
 
 
+def test_versions_are_an_enum_of_the_format_strings():
+    assert [v.value for v in encodings.Version] == ["1.0.0", "0.6.1"]
+    codes = encodings.EncodingSet({}, {"act": TensorEncoding("act", 8, (0.1,), (3,), False, False)})
+    assert encodings.to_json(codes, version=encodings.Version.V0_6_1) == encodings.to_json(codes, version="0.6.1")
+    assert json.loads(encodings.to_json(codes))["version"] == "1.0.0"
+
+
 def test_unknown_version_is_an_encodings_error():
     with pytest.raises(EncodingsError, match="2.0.0"):
         encodings.to_json(encodings.EncodingSet({}, {}), version="2.0.0")
@@ -128,11 +135,11 @@ def test_unknown_version_is_an_encodings_error():
 # --- to_json / from_json round trips ---------------------------------------------------------
 
 ROUND_TRIP_SET = encodings.EncodingSet(
-    params={
+    weights={
         "conv.weight": TensorEncoding("conv.weight", 8, (0.02, 0.03, 0.5), (0, 0, 0), True, True, axis=0),
-        "conv.bias": TensorEncoding("conv.bias", 32, (1e-4, 2e-4, 3e-3), (0, 0, 0), True, True, axis=0),
         "fc.weight": TensorEncoding("fc.weight", 4, (0.125,), (0,), True, True),
     },
+    biases={"conv.bias": TensorEncoding("conv.bias", 32, (1e-4, 2e-4, 3e-3), (0, 0, 0), True, True, axis=0)},
     activations={
         "relu": TensorEncoding("relu", 8, (0.05,), (0,), False, False),
         "input": TensorEncoding("input", 8, (0.027,), (143,), False, False),
@@ -145,7 +152,8 @@ ROUND_TRIP_SET = encodings.EncodingSet(
 def test_round_trip_gives_equal_records(version):
     text = encodings.to_json(ROUND_TRIP_SET, version=version)
     back = encodings.from_json(text)
-    assert dict(back.params) == dict(ROUND_TRIP_SET.params)
+    assert dict(back.weights) == dict(ROUND_TRIP_SET.weights)  # params of 17 bits or more are biases
+    assert dict(back.biases) == dict(ROUND_TRIP_SET.biases)
     assert dict(back.activations) == dict(ROUND_TRIP_SET.activations)
     assert encodings.to_json(back, version=version) == text
 

@@ -2,10 +2,12 @@
 phase-1 jobs, MAC counting, `--debug` verification and a whole `quantize` run.
 
 A real model over 2 GB is too heavy for the test suite (a 2-core machine, a 10-minute suite),
-so the `large` fixture lowers the limits instead: `model_io.PROTOBUF_LIMIT` to 1 byte (every
-model is saved with external data) and `model_io.LARGE_WEIGHTS` to 0 (every pass and session
-works on a weightless copy). `WEIGHT_MIN_BYTES` keeps its 1 KiB, so the model below has both
-kinds of initializer: external (w, wq) and inline (b, shape).
+so the `large` fixture lowers the limits instead: `SizeLimits.protobuf` to 1 byte (every
+model is saved with external data) and `large_weights` to 0 (every pass and session works on a
+weightless copy), passed as the keyword `limits`. `weight_min_bytes` keeps its 1 KiB, so the
+model below has both kinds of initializer: external (w, wq) and inline (b, shape). The pipeline
+does not take `limits` yet: runs through it lower `large_model.DEFAULT_LIMITS` instead
+(`pipeline_defaults`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxmp import bops, hw_profile, model_io, pipeline, run_records, runtime, steps
+from onnxmp import bops, hw_profile, large_model, model_io, pipeline, run_records, runtime, steps
 from onnxmp import encodings as encodings_format
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import ModelError, PassError
-from onnxmp.passes import CANONICALIZE, fold_batchnorm
+from onnxmp.large_model import SizeLimits
+from onnxmp.passes import CANONICALIZE, fold_batchnorm, name_nodes
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.phase1 import sensitivity
@@ -36,10 +39,24 @@ from tests import builders
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
+LARGE = SizeLimits(protobuf=1, large_weights=0)
+EVERY_WEIGHT = SizeLimits(protobuf=1, large_weights=0, weight_min_bytes=0)  # every weight of the tiny builders
+
+
 @pytest.fixture
-def large(monkeypatch):
-    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1)
-    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
+def large() -> SizeLimits:
+    return LARGE
+
+
+@pytest.fixture
+def pipeline_defaults(monkeypatch):
+    """Lower the default limits, for runs through the pipeline (which passes no `limits` yet)."""
+
+    def lower(limits: SizeLimits) -> SizeLimits:
+        monkeypatch.setattr(large_model, "DEFAULT_LIMITS", limits)
+        return limits
+
+    return lower
 
 
 def _two_matmuls(*, typed_int8: bool = True) -> onnx.ModelProto:
@@ -100,7 +117,7 @@ def test_weightless_copy_keeps_names_types_and_dims_only():
 def test_external_save_writes_the_weights_beside_the_model_and_reloads_exactly(tmp_path, large):
     model = _two_matmuls(typed_int8=False)
     before = (model.ByteSize(), model.SerializeToString())
-    path = model_io.save(model, tmp_path / "m.onnx")
+    path = model_io.save(model, tmp_path / "m.onnx", limits=large)
     assert (model.ByteSize(), model.SerializeToString()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
     assert path.stat().st_size < 1024  # the weights are not in the model file
@@ -116,7 +133,7 @@ def test_external_save_writes_the_weights_beside_the_model_and_reloads_exactly(t
 
 def test_typed_field_weights_are_saved_as_raw_bytes_with_the_same_values(tmp_path, large):
     model = _two_matmuls()
-    loaded = model_io.load(model_io.save(model, tmp_path / "m.onnx"))
+    loaded = model_io.load(model_io.save(model, tmp_path / "m.onnx", limits=large))
     expected, got = _arrays(model), _arrays(loaded)
     assert list(got) == list(expected)
     for name, array in expected.items():
@@ -126,10 +143,10 @@ def test_typed_field_weights_are_saved_as_raw_bytes_with_the_same_values(tmp_pat
 
 
 def test_external_save_replaces_both_files(tmp_path, large):
-    path = model_io.save(_two_matmuls(), tmp_path / "m.onnx")
+    path = model_io.save(_two_matmuls(), tmp_path / "m.onnx", limits=large)
     other = _two_matmuls(typed_int8=False)
     other.graph.initializer[0].raw_data = bytes(16384)
-    model_io.save(other, path)
+    model_io.save(other, path, limits=large)
     assert not model_io.load(path).graph.initializer[0].raw_data.strip(b"\0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
 
@@ -139,7 +156,7 @@ def test_failed_external_save_keeps_the_old_model_and_no_temporary(tmp_path, lar
     path.write_bytes(b"old model")
     (tmp_path / "m.onnx.data").mkdir()  # the data file cannot be moved into place
     with pytest.raises(OSError):
-        model_io.save(_two_matmuls(), path)
+        model_io.save(_two_matmuls(), path, limits=large)
     assert path.read_bytes() == b"old model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
 
@@ -148,10 +165,10 @@ def test_load_session_run_save_end_to_end(tmp_path, large):
     model = _two_matmuls()
     feeds = builders.feeds_for(model, batch=3)
     expected = runtime.session(_serialized_path(tmp_path, model))  # a path: the usual way
-    loaded = model_io.load(model_io.save(model, tmp_path / "out" / "m.onnx"))
-    sess = runtime.session(loaded)
+    loaded = model_io.load(model_io.save(model, tmp_path / "out" / "m.onnx", limits=large))
+    sess = runtime.session(loaded, limits=large)
     assert [t.name for t in model_io.weights(loaded)] == ["w", "wq"]
-    assert len(sess.onnxmp_weights) == 2
+    assert len(sess.weights) == 2
     for got, want in zip(sess.run(None, feeds), expected.run(None, feeds), strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -165,10 +182,10 @@ def _serialized_path(tmp_path, model: onnx.ModelProto) -> str:
 
 def test_validate_checks_the_weightless_copy(large):
     model = _two_matmuls()
-    model_io.validate(model)
+    model_io.validate(model, limits=large)
     model.graph.node[1].input[0] = "ghost"
     with pytest.raises(ModelError, match="ghost"):
-        model_io.validate(model)
+        model_io.validate(model, limits=large)
 
 
 def _pass_cases():
@@ -178,30 +195,23 @@ def _pass_cases():
 
 
 @pytest.mark.parametrize(("run", "name"), list(_pass_cases()))
-def test_canonicalize_on_weightless_copies_gives_the_same_bytes(run, name, monkeypatch):
+def test_canonicalize_on_weightless_copies_gives_the_same_bytes(run, name):
     model = builders.BUILDERS[name]()
     expected = run(model).SerializeToString(deterministic=True)
     before = model.SerializeToString(deterministic=True)
-    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
-    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)  # every weight of the tiny builders
-    assert run(model).SerializeToString(deterministic=True) == expected
+    large = run(model) if run is name_nodes else run(model, limits=EVERY_WEIGHT)
+    assert large.SerializeToString(deterministic=True) == expected
     assert model.SerializeToString(deterministic=True) == before
 
 
 def test_canonicalize_keeps_the_weights_of_a_large_model(large):
     model = _two_matmuls()
-    canonical = builders.canonical(model).model
+    canonical = builders.canonical(model, limits=large).model
     assert _arrays(canonical).keys() == _arrays(model).keys()
     for name, array in _arrays(model).items():
         np.testing.assert_array_equal(_arrays(canonical)[name], array)
     shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in canonical.graph.value_info}
     assert shapes == {"m": ["N", 64], "h": ["N", 64], "wf": [64, 64], "m2": ["N", 64]}
-
-
-@pytest.fixture
-def every_weight(large, monkeypatch):
-    """`large`, and every weight of the tiny builders is left out of weightless copies."""
-    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
 
 
 def _stubbed(model: onnx.ModelProto) -> list[str]:
@@ -211,7 +221,7 @@ def _stubbed(model: onnx.ModelProto) -> list[str]:
 def test_a_packed_large_model_carries_its_weights_as_arrays_beside_a_weightless_copy(large):
     model = _two_matmuls()
     model.graph.initializer[0].doc_string = "onnxmp:from=w0"
-    packed = pickle.loads(pickle.dumps(model_io.pack(model)))  # as a pool worker receives it
+    packed = pickle.loads(pickle.dumps(model_io.pack(model, limits=large)))  # as a pool worker receives it
     assert sorted(packed.weights) == ["w", "wq"]
     assert packed.weights["wq"].dtype == np.int8 and packed.weights["wq"].shape == (64, 64)
     assert len(packed.structure) < 1024
@@ -239,6 +249,7 @@ def _entries(jobs) -> list[dict]:
 
 
 def test_phase1_jobs_of_a_large_model_carry_its_weights_as_arrays(monkeypatch):
+    # split_jobs takes no `limits` yet: its pack follows the lowered default
     canon = builders.canonical(builders.residual_add())
     profile = hw_profile.load_profile("research")
     analysis = quantizer_groups(canon.graph, profile)
@@ -251,8 +262,7 @@ def test_phase1_jobs_of_a_large_model_carry_its_weights_as_arrays(monkeypatch):
         return sensitivity.split_jobs(context, pending, Placement(jobs=2))
 
     expected = split()
-    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
-    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
+    monkeypatch.setattr(large_model, "DEFAULT_LIMITS", EVERY_WEIGHT)
     jobs = split()
     monkeypatch.undo()
     assert len(jobs) == 2 and jobs[0].model is jobs[1].model  # one set of arrays for all jobs
@@ -261,7 +271,8 @@ def test_phase1_jobs_of_a_large_model_carry_its_weights_as_arrays(monkeypatch):
     assert _entries(jobs) == _entries(expected)
 
 
-def test_prepared_original_holds_names_but_no_weights(every_weight):
+def test_prepared_original_holds_names_but_no_weights(pipeline_defaults):
+    pipeline_defaults(EVERY_WEIGHT)
     model = builders.conv_bn()
     calib = CalibrationSet(builders.feeds_for(model, batch=4))
     prepared = steps.prepare(model, hw_profile.load_profile("npu"), calib)
@@ -272,7 +283,8 @@ def test_prepared_original_holds_names_but_no_weights(every_weight):
     assert names["w_bnfold"] == "w"
 
 
-def test_verify_checks_a_large_model_after_every_pass_without_its_weights(every_weight, monkeypatch):
+def test_verify_checks_a_large_model_after_every_pass_without_its_weights(pipeline_defaults, monkeypatch):
+    pipeline_defaults(EVERY_WEIGHT)
     checked = []
     check_model = onnx.checker.check_model
     monkeypatch.setattr(onnx.checker, "check_model", lambda m, *a, **k: (checked.append(m), check_model(m, *a, **k)))
@@ -283,7 +295,8 @@ def test_verify_checks_a_large_model_after_every_pass_without_its_weights(every_
     assert canonical == builders.canonical(model).model
 
 
-def test_verify_names_the_pass_that_broke_the_model(large):
+def test_verify_names_the_pass_that_broke_the_model(pipeline_defaults):
+    pipeline_defaults(LARGE)
     def break_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         broken = onnx.ModelProto()
         broken.CopyFrom(model)
@@ -302,10 +315,8 @@ def test_macs_of_a_large_model_come_from_shapes_inferred_without_weights(name, m
     inferred = []
     infer_shapes = onnx.shape_inference.infer_shapes
     monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda m, **k: (inferred.append(_stubbed(m)), infer_shapes(m, **k))[1])
-    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
-    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
-    got = bops.concrete_graph(model, sample_shapes)
-    assert inferred == [[t.name for t in model_io.weights(model)]] and inferred[0]
+    got = bops.concrete_graph(model, sample_shapes, limits=EVERY_WEIGHT)
+    assert inferred == [[t.name for t in model_io.weights(model, limits=EVERY_WEIGHT)]] and inferred[0]
     assert bops.macs_per_op(got) == bops.macs_per_op(expected) != {}
     assert got.shapes == expected.shapes
 
@@ -317,9 +328,7 @@ def test_fold_batchnorm_hands_graphsurgeon_no_weights(name, monkeypatch):
     seen = []
     import_onnx = gs.import_onnx
     monkeypatch.setattr(gs, "import_onnx", lambda m, *a, **k: (seen.append(_stubbed(m)), import_onnx(m, *a, **k))[1])
-    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)
-    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
-    folded = fold_batchnorm(model)
+    folded = fold_batchnorm(model, limits=EVERY_WEIGHT)
     assert seen == [["w"]]  # the weight matrix; BN vectors are small and stay inline
     assert not _stubbed(folded)
     assert folded.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
@@ -344,8 +353,9 @@ def normal_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "settings", [{"executor": ExecutorKind.LOCAL}, {"executor": ExecutorKind.PROCESSES, "workers": 2}], ids=["local", "processes"]
 )
-def test_quantize_treating_every_weight_as_large_gives_the_same_results(normal_run, settings, every_weight, tmp_path):
-    # spawned workers import model_io afresh (thresholds unpatched): the jobs carry the split
+def test_quantize_treating_every_weight_as_large_gives_the_same_results(normal_run, settings, pipeline_defaults, tmp_path):
+    pipeline_defaults(EVERY_WEIGHT)
+    # spawned workers import large_model afresh (default limits): the jobs carry the split
     out = _quantize(tmp_path, **settings)
     for name in ("plan.json", "sensitivity.json", "encodings.json"):
         assert json.loads((out / name).read_text()) == json.loads((normal_run / name).read_text()), name

@@ -8,6 +8,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxmp import graph as graph_index
+from onnxmp.errors import ModelError
 from tests import builders
 
 
@@ -76,14 +77,18 @@ def test_a_tensor_read_twice_has_one_consumer_entry():
     assert graph.consumers_of["c"] == ("relu",)
 
 
-@pytest.mark.parametrize("names", [["conv", ""], ["same", "same"]])
-def test_nodes_need_unique_names(names):
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["conv", ""], r"^node 1 \(Relu -> y\) has no name; run canonicalize.name_nodes$"),
+        (["same", "same"], r"^node name 'same' is used twice; run canonicalize.name_nodes$"),
+    ],
+)
+def test_nodes_need_unique_names(names, message):
     model = builders.conv_relu()
     for node, name in zip(model.graph.node, names, strict=True):
         node.name = name
-    with pytest.raises(
-        ValueError, match="^nodes need unique non-empty names; run passes.canonicalize.name_nodes$"
-    ):
+    with pytest.raises(ModelError, match=message):
         graph_index.build(model)
 
 

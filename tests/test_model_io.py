@@ -147,20 +147,19 @@ def test_load_model_with_external_data_leaves_both_files_alone(tmp_path, conv_re
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-def test_validate_a_large_model_on_its_weightless_copy(conv_relu, monkeypatch):
-    monkeypatch.setattr(model_io, "LARGE_WEIGHTS", 0)  # a model of 2 GB is too heavy for a test
-    model_io.validate(conv_relu)
+def test_validate_a_large_model_on_its_weightless_copy(conv_relu):
+    large = model_io.SizeLimits(large_weights=0)  # a model of 2 GB is too heavy for a test
+    model_io.validate(conv_relu, limits=large)
     conv_relu.graph.node[1].input[0] = "ghost"
     with pytest.raises(ModelError, match="ghost"):
-        model_io.validate(conv_relu)
+        model_io.validate(conv_relu, limits=large)
 
 
-def test_save_leaves_the_model_alone(tmp_path, conv_relu, monkeypatch):
+def test_save_leaves_the_model_alone(tmp_path, conv_relu):
     before = (conv_relu.ByteSize(), conv_relu.SerializeToString())
     model_io.save(conv_relu, tmp_path / "small.onnx")
-    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1)  # a model of 2 GB is too heavy for a test
-    monkeypatch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
-    model_io.save(conv_relu, tmp_path / "large.onnx")
+    large = model_io.SizeLimits(protobuf=1, weight_min_bytes=0)  # a model of 2 GB is too heavy for a test
+    model_io.save(conv_relu, tmp_path / "large.onnx", limits=large)
     assert (conv_relu.ByteSize(), conv_relu.SerializeToString()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["large.onnx", "large.onnx.data", "small.onnx"]
     assert model_io.load(tmp_path / "large.onnx") == conv_relu

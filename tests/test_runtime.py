@@ -1,4 +1,4 @@
-"""runtime: deterministic sessions, extra outputs, batched runs, one-line load errors."""
+"""runtime: deterministic sessions, batched runs, one-line load errors, large-model weights."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 from onnxmp import model_io, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import ModelError
-from tests import builders
+from tests import builders, oracles
+
+EVERY_WEIGHT_LARGE = model_io.SizeLimits(large_weights=0, weight_min_bytes=0)
 
 
 def _run(sess, feeds):
@@ -24,7 +26,7 @@ def test_sessions_are_repeatable(conv_relu):
     assert first.min() == 0.0  # Relu
 
 
-@pytest.mark.parametrize("level", sorted(runtime.OPTIMIZATION_LEVELS))
+@pytest.mark.parametrize("level", [*runtime.Optimization, "basic"])
 def test_optimization_levels_agree(conv_relu, level):
     feeds = builders.feeds_for(conv_relu)
     expected = _run(runtime.session(conv_relu), feeds)
@@ -47,26 +49,9 @@ def test_unloadable_model_is_a_model_error(conv_relu):
     assert "\n" not in str(info.value)
 
 
-def test_with_outputs_adds_intermediates_without_editing_the_input(conv_relu):
-    before = conv_relu.SerializeToString()
-    extended = runtime.with_outputs(conv_relu, ["c", "y", "c"])
-    assert conv_relu.SerializeToString() == before
-    assert [o.name for o in extended.graph.output] == ["y", "c"]
-    feeds = builders.feeds_for(conv_relu)
-    c, y = runtime.session(extended).run(["c", "y"], feeds)
-    np.testing.assert_array_equal(np.maximum(c, 0), y)
-
-
-def test_with_outputs_uses_known_types():
-    model = builders.canonical(builders.flatten_gemm()).model
-    extended = runtime.with_outputs(model, ["f"])
-    f = next(o for o in extended.graph.output if o.name == "f")
-    assert [d.dim_param or d.dim_value for d in f.type.tensor_type.shape.dim] == ["N", 32]
-
-
 def test_run_batches(conv_relu):
     data = builders.feeds_for(conv_relu, batch=5)
-    sess = runtime.session(runtime.with_outputs(conv_relu, ["c"]))
+    sess = runtime.session(oracles.with_outputs(conv_relu, ["c"]))
     outputs = list(runtime.run_batches(sess, CalibrationSet(data).batches(2), ["y", "c"]))
     assert [sorted(o) for o in outputs] == [["c", "y"]] * 3
     assert [o["y"].shape[0] for o in outputs] == [2, 2, 1]
@@ -76,21 +61,32 @@ def test_run_batches(conv_relu):
 
 @pytest.mark.parametrize("name", ["conv_relu", "flatten_gemm", "residual_add", "pad_shape_chain", "float_fallbacks"])
 @pytest.mark.parametrize("canonical", [False, True], ids=["raw", "canonical"])
-def test_large_model_weights_reach_ort_as_arrays_with_identical_results(name, canonical, monkeypatch):
+def test_large_model_weights_reach_ort_as_arrays_with_identical_results(name, canonical):
     """A model of 2 GB is too heavy for a test: the thresholds are lowered to take that path."""
     model = builders.BUILDERS[name]()
     model = builders.canonical(model).model if canonical else model
     feeds = builders.feeds_for(model, batch=3)
     for simulate in (True, False):
         expected = runtime.session(model, simulate=simulate).run(None, feeds)
-        with monkeypatch.context() as patch:
-            patch.setattr(model_io, "LARGE_WEIGHTS", 0)
-            patch.setattr(model_io, "WEIGHT_MIN_BYTES", 0)
-            sess = runtime.session(model, simulate=simulate)
-            assert len(sess.onnxmp_weights) == len(model_io.weights(model)) > 0
+        sess = runtime.session(model, simulate=simulate, limits=EVERY_WEIGHT_LARGE)
+        assert len(sess.weights) == len(model_io.weights(model, limits=EVERY_WEIGHT_LARGE)) > 0
         for got, want in zip(sess.run(None, feeds), expected, strict=True):
             np.testing.assert_array_equal(got, want)
 
 
 def test_small_models_are_handed_over_whole(conv_relu):
-    assert runtime.session(conv_relu).onnxmp_weights == ()
+    assert runtime.session(conv_relu).weights == ()
+
+
+def test_with_outputs_adds_intermediates_without_editing_the_input(conv_relu):
+    before = conv_relu.SerializeToString()
+    extended = oracles.with_outputs(conv_relu, ["c", "y", "c"])
+    assert conv_relu.SerializeToString() == before
+    assert [o.name for o in extended.graph.output] == ["y", "c"]
+    c, y = runtime.session(extended).run(["c", "y"], builders.feeds_for(conv_relu))
+    np.testing.assert_array_equal(np.maximum(c, 0), y)
+
+
+def test_an_unknown_optimization_level_is_refused(conv_relu):
+    with pytest.raises(ValueError, match="'fastest' is not a valid Optimization"):
+        runtime.session(conv_relu, optimization="fastest")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from onnxmp import hw_profile, runtime
+from onnxmp import hw_profile
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.quantizer_groups import quantizer_groups
@@ -97,7 +97,7 @@ def test_relu_output_has_zero_point_0(name, tensor):
     assert all(encodings[(tensor, b)].zero_point == (0,) for b in bits)
     # minmax at 8 bits: [0, max] on 255 steps
     _, _, _, minmax = _calibrate(builders.BUILDERS[name](), method=RangeMethod.MINMAX)
-    observed = oracles.run(runtime.with_outputs(canon.model, [tensor]), calib.arrays)[tensor]
+    observed = oracles.run(oracles.with_outputs(canon.model, [tensor]), calib.arrays)[tensor]
     assert observed.min() == 0.0
     assert minmax[(tensor, 8)].scale[0] == pytest.approx(float(observed.max()) / 255, rel=1e-6)
 

@@ -9,7 +9,10 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from onnxmp import graph, hw_profile
 from onnxmp.passes import fold_batchnorm
+from onnxmp.passes.fold_batchnorm import bn_site, why_not_foldable
+from onnxmp.passes.quantizer_groups import quantizer_groups
 from tests import builders, oracles
 
 
@@ -94,3 +97,24 @@ def test_two_bns_on_a_shared_weight_fold_separately():
     result = fold_batchnorm(model)
     onnx.checker.check_model(result, full_check=True)
     oracles.assert_same_outputs(model, result, builders.feeds_for(model), atol=1e-5)
+
+
+@pytest.mark.parametrize("profile_name", ["npu", "research"])
+def test_the_reason_a_bn_is_kept_reaches_the_left_in_float_list(conv_bn_shared, profile_name):
+    canon = builders.canonical(conv_bn_shared)
+    analysis = quantizer_groups(canon.graph, hw_profile.load_profile(profile_name))
+    (bn,) = [s for s in analysis.skipped if s.op_type == "BatchNormalization"]
+    assert bn.node == "bn"
+    assert bn.reason == (
+        "BatchNormalization not folded (output of conv has consumers besides the BN); "
+        f"runs in float on profile {profile_name}"
+    )
+
+
+def test_why_not_foldable_reads_the_same_reason_from_an_indexed_model():
+    model = builders.gemm_bn()
+    model.graph.node[0].attribute.append(helper.make_attribute("alpha", 2.0))
+    index = graph.build(model)
+    site = bn_site(index, index.nodes["bn"])
+    assert why_not_foldable(site) == "Gemm fc has alpha/beta != 1 or transA"
+    assert why_not_foldable(bn_site(graph.build(builders.gemm_bn()), graph.build(builders.gemm_bn()).nodes["bn"])) is None

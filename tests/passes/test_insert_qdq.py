@@ -152,7 +152,7 @@ def test_6_bit_activation_is_clipped_to_64_levels():
         (n.op_type, n.input[0]) for n in qdq.graph.node if n.op_type in ("Clip", "QuantizeLinear")
     ]
     assert ops == [("Clip", "x"), ("QuantizeLinear", "x_clipped")]
-    dequantized = oracles.run(runtime.with_outputs(qdq, ["x_dequantized"]), feeds)["x_dequantized"]
+    dequantized = oracles.run(oracles.with_outputs(qdq, ["x_dequantized"]), feeds)["x_dequantized"]
     encoding = encodings[("x", 6)]
     assert (encoding.qmin, encoding.qmax) == (0, 63)
     levels = np.unique(dequantized)

@@ -19,7 +19,7 @@ from onnxmp.passes.extract_subgraph import affected_nodes, frontier
 from onnxmp.phase1 import frontier_walk
 from onnxmp.phase1.frontier_walk import FrontierWalk
 from onnxmp.phase1.jobs import network_order
-from tests import builders
+from tests import builders, oracles
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "digits_cnn.onnx"
@@ -66,7 +66,7 @@ def test_frontiers_are_several_tensors_somewhere(digits):
 def test_values_equal_the_whole_float_model(digits, budget):
     model, _, inputs, frontiers = digits
     wanted = sorted({t for f in frontiers for t in f})
-    sess = runtime.session(runtime.with_outputs(model, wanted))
+    sess = runtime.session(oracles.with_outputs(model, wanted))
     whole = dict(zip(wanted, sess.run(wanted, inputs), strict=True))
     walk = _walk(digits, budget_bytes=budget)
     for step, tensors in enumerate(frontiers):
@@ -144,7 +144,7 @@ def test_a_frontier_mixing_an_input_and_computed_tensors(budget):
     feeds = builders.feeds_for(canon.model, batch=7)
     frontiers = [("x",), ("r1",), ("x", "c2", "y")]
     walk = FrontierWalk(canon.model, canon.graph, feeds, frontiers, batch_size=3, budget_bytes=budget)
-    sess = runtime.session(runtime.with_outputs(canon.model, ["r1", "c2"]))
+    sess = runtime.session(oracles.with_outputs(canon.model, ["r1", "c2"]))
     r1, c2, y = sess.run(["r1", "c2", "y"], feeds)
     expected = {"x": feeds["x"], "r1": r1, "c2": c2, "y": y}
     for step, tensors in enumerate(frontiers):
@@ -160,7 +160,7 @@ def test_frontiers_of_unknown_size_are_measured_on_their_first_chunk(digits, mon
     # chunk, so every segment session runs each chunk exactly once
     model, _, inputs, frontiers = digits
     wanted = sorted({t for f in frontiers for t in f})
-    whole = dict(zip(wanted, runtime.session(runtime.with_outputs(model, wanted)).run(wanted, inputs), strict=True))
+    whole = dict(zip(wanted, runtime.session(oracles.with_outputs(model, wanted)).run(wanted, inputs), strict=True))
     sessions, runs = [], []
     make_session = runtime.session
 

@@ -2,7 +2,7 @@
 
 The histograms are reduced inside the ONNX graph (pass 1: min/max/shape, pass 2: every
 stride-th value of each sample); these tests compare them with the activations exposed
-whole through `runtime.with_outputs`.
+whole through `oracles.with_outputs`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import hw_profile, runtime
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.passes import calibrate as calibrate_module
-from onnxmp.passes.calibrate import (
+from onnxmp.passes import collect_histograms as histograms_module
+from onnxmp.passes.calibrate import calibrate
+from onnxmp.passes.collect_histograms import (
     HISTOGRAM_BINS,
     activation_histograms,
-    calibrate,
     histogram_batch_size,
 )
 from onnxmp.passes.quantizer_groups import quantizer_groups
@@ -60,7 +60,7 @@ def _calib(model: onnx.ModelProto, samples: int = SAMPLES) -> CalibrationSet:
 
 def _activations(model: onnx.ModelProto, calib: CalibrationSet, tensors) -> dict[str, np.ndarray]:
     """The whole tensors for all samples at once (the reference)."""
-    return oracles.run(runtime.with_outputs(model, tensors), calib.arrays)
+    return oracles.run(oracles.with_outputs(model, tensors), calib.arrays)
 
 
 def _subsample(value: np.ndarray, stride: int) -> np.ndarray:
@@ -91,7 +91,7 @@ def test_relu_range_starts_at_zero():
 
 def test_histogram_counts_every_stride_th_value_of_each_sample(monkeypatch):
     # 100 values per sample: x (300 per sample) is strided by 3, y (128) by 1
-    monkeypatch.setattr(calibrate_module, "HISTOGRAM_VALUES_PER_SAMPLE", 100)
+    monkeypatch.setattr(histograms_module, "HISTOGRAM_VALUES_PER_SAMPLE", 100)
     model = conv_relu_conv()
     calib = _calib(model)
     reference = _activations(model, calib, ["x", "y"])
@@ -113,7 +113,7 @@ def test_histogram_counts_every_stride_th_value_of_each_sample(monkeypatch):
 
 @pytest.mark.parametrize("per_sample", [7, 65536])  # strided (x by 42, r by 57, y by 18) or not
 def test_histograms_do_not_depend_on_the_batch_size(monkeypatch, per_sample):
-    monkeypatch.setattr(calibrate_module, "HISTOGRAM_VALUES_PER_SAMPLE", per_sample)
+    monkeypatch.setattr(histograms_module, "HISTOGRAM_VALUES_PER_SAMPLE", per_sample)
     model, tensors = conv_relu_conv(), ["x", "c1", "r", "y"]
     calib = _calib(model)
     one, three, sixteen = (
@@ -129,7 +129,7 @@ def test_histograms_do_not_depend_on_the_batch_size(monkeypatch, per_sample):
 
 @pytest.mark.parametrize("per_sample", [7, 65536])
 def test_encodings_do_not_depend_on_the_batch_size(monkeypatch, per_sample):
-    monkeypatch.setattr(calibrate_module, "HISTOGRAM_VALUES_PER_SAMPLE", per_sample)
+    monkeypatch.setattr(histograms_module, "HISTOGRAM_VALUES_PER_SAMPLE", per_sample)
     canon = builders.canonical(conv_relu_conv())
     profile = hw_profile.load_profile("research")
     analysis = quantizer_groups(canon.graph, profile)
@@ -145,7 +145,7 @@ def test_encodings_do_not_depend_on_the_batch_size(monkeypatch, per_sample):
 def test_batch_size_is_an_upper_bound_and_pass_2_is_capped(monkeypatch):
     # per sample pass 2 returns 300 (x) + 128 (y) float32 values: 1712 bytes; a cap of
     # 2 x 1712 bytes runs pass 2 two samples at a time, pass 1 keeps the given batch of 4
-    monkeypatch.setattr(calibrate_module, "HISTOGRAM_BATCH_BYTES", 2 * 4 * (300 + 128))
+    monkeypatch.setattr(histograms_module, "HISTOGRAM_BATCH_BYTES", 2 * 4 * (300 + 128))
     seen: list[int] = []
     run_batches = runtime.run_batches
 
@@ -221,12 +221,12 @@ def test_input_model_is_not_changed():
 
 def test_statistics_models_pass_the_checker_and_output_only_statistics():
     model = conv_relu_conv()
-    ranges, names = calibrate_module._with_range_outputs(model, ["x", "r", "y"])
+    ranges, names = histograms_module._with_range_outputs(model, ["x", "r", "y"])
     onnx.checker.check_model(ranges, full_check=True)
     assert sorted(o.name for o in ranges.graph.output) == sorted(
         n for t in names.values() for n in t
     )
-    subsample, names = calibrate_module._with_subsample_outputs(model, {"x": (4, 3), "y": (4, 1)})
+    subsample, names = histograms_module._with_subsample_outputs(model, {"x": (4, 3), "y": (4, 1)})
     onnx.checker.check_model(subsample, full_check=True)
     assert sorted(o.name for o in subsample.graph.output) == sorted(names.values())
 
@@ -276,13 +276,13 @@ def test_onnx_runtime_computes_statistics_right_after_each_tensor(tmp_path, stat
     model = chain(length)
     tensors = [f"t{k}" for k in (3, 0, 5, 1, 4, 2)]  # any order in, the graph's order out
     if statistics_model == "ranges":
-        statistics_model, _ = calibrate_module._with_range_outputs(model, tensors)
+        statistics_model, _ = histograms_module._with_range_outputs(model, tensors)
     else:
-        statistics_model, _ = calibrate_module._with_subsample_outputs(
+        statistics_model, _ = histograms_module._with_subsample_outputs(
             model, dict.fromkeys(tensors, (4, 3))
         )
     options = ort.SessionOptions()
-    options.graph_optimization_level = runtime.OPTIMIZATION_LEVELS["all"]
+    options.graph_optimization_level = runtime.Optimization.ALL.ort_level
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / "profile")
     # runtime.session has no profiling option; this session only reads the execution order
