@@ -19,7 +19,7 @@ from onnxmp.errors import EncodingsError
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import weight_axis
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers
-from onnxmp.records import EncodingSet
+from onnxmp.records import EncodingSet, TensorEncoding
 from onnxmp.steps import run_passes
 
 
@@ -40,7 +40,9 @@ def apply_encodings(
         raise EncodingsError(f"{path}: cannot read: {e.strerror}") from e
     to_canonical = {user: canon for canon, user in encodings_format.original_names(original, canonical).items()}
     unknown = tuple(sorted(n for n in (*loaded.params, *loaded.activations) if n not in to_canonical))
-    weights, biases, activations = {}, {}, {}
+    weights: dict[str, TensorEncoding] = {}
+    biases: dict[str, TensorEncoding] = {}
+    activations: dict[str, TensorEncoding] = {}
     for user, enc in loaded.params.items():
         if user not in to_canonical:
             continue

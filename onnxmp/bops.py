@@ -65,7 +65,7 @@ def _shape(graph: DataflowGraph, tensor: str) -> tuple[int, ...] | None:
     shape = graph.shapes.get(tensor)
     if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
         return None
-    return tuple(shape)
+    return tuple(int(d) for d in shape if d is not None)
 
 
 def _conv_macs(graph: DataflowGraph, node) -> int | None:

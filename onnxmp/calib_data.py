@@ -151,10 +151,10 @@ def preprocess_image(path: Path, size: int, preprocess: Preprocess) -> np.ndarra
     short = round(size / 0.875)
     w, h = rgb.size
     scale = short / min(w, h)
-    rgb = rgb.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    rgb = rgb.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
     w, h = rgb.size
     left, top = (w - size) // 2, (h - size) // 2
-    x = np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.float32)
+    x: np.ndarray = np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.float32)
     if preprocess is Preprocess.TF:
         x = (x - 127.0) / 128.0
     elif preprocess is Preprocess.IMAGENET:

@@ -100,6 +100,7 @@ def to_json(encodings: EncodingSet, *, version: Version | str = Version.V1_0_0) 
         version = Version(version)
     except ValueError:
         raise EncodingsError(f"encodings version {version!r} is not one of {', '.join(FORMATS)}") from None
+    data: dict[str, object]
     if version is Version.V1_0_0:
         data = {
             "version": "1.0.0",

@@ -33,7 +33,6 @@ class HwProfile:
     passthrough_ops: frozenset[str]
     op_kernels: Mapping[str, tuple[Candidate, ...]] = field(default_factory=dict)
     weight_granularity: Granularity = Granularity.PER_CHANNEL
-    weight_symmetric: bool = True
     activation_symmetric: bool = False
     quantize_bias: bool = False
     description: str = ""
@@ -105,6 +104,8 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         op_kernels[op_type] = parsed
     schemes = _mapping(raw, "schemes", where)
     weights = _mapping(schemes, "weights", where, "schemes.")
+    if not _bool(weights, "symmetric", True, f"{where}: schemes.weights.symmetric"):
+        raise ProfileError(f"{where}: schemes.weights.symmetric: false: asymmetric weights are not supported")
     activations = _mapping(schemes, "activations", where, "schemes.")
     return HwProfile(
         name=str(raw.get("name") or Path(where).stem),
@@ -113,7 +114,6 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         passthrough_ops=passthrough,
         op_kernels=MappingProxyType(op_kernels),
         weight_granularity=_granularity(weights, where),
-        weight_symmetric=_bool(weights, "symmetric", True, f"{where}: schemes.weights.symmetric"),
         activation_symmetric=_bool(
             activations, "symmetric", False, f"{where}: schemes.activations.symmetric"
         ),

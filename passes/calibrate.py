@@ -48,8 +48,10 @@ def calibrate(
     act_bits: dict[str, set[int]] = {}
     for group in analysis.groups:
         for candidate in group.candidates:
+            w_bits = candidate.w_bits  # None: a group without weights
             for weight in group.weights:
-                weight_bits.setdefault(weight, set()).add(candidate.w_bits)
+                if w_bits is not None:
+                    weight_bits.setdefault(weight, set()).add(w_bits)
             for tensor in group.activations:
                 act_bits.setdefault(tensor, set()).add(candidate.a_bits)
     encodings: dict[tuple[str, int], TensorEncoding] = {}
@@ -92,7 +94,7 @@ def encode_activation(
         nonzero = np.flatnonzero(counts)
         low, high = (float(edges[nonzero[0]]), float(edges[nonzero[-1] + 1])) if nonzero.size else (0.0, 0.0)
     if symmetric:
-        scale = quant_math.symmetric_scale(max(abs(low), abs(high)), bits)
-        return TensorEncoding(name, bits, (float(scale),), (0,), signed=True, symmetric=True)
+        symmetric_scale = quant_math.symmetric_scale(max(abs(low), abs(high)), bits)
+        return TensorEncoding(name, bits, (float(symmetric_scale),), (0,), signed=True, symmetric=True)
     scale, zero_point = quant_math.asymmetric_params(low, high, bits)
     return TensorEncoding(name, bits, (float(scale),), (zero_point,), signed=False, symmetric=False)

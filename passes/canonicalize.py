@@ -128,7 +128,7 @@ def export_graph(graph: gs.Graph, model: onnx.ModelProto, stubs: dict[str, onnx.
     would copy each weight twice): the result is weightless until `large_model.restore_weights`.
     """
     _set_values(graph, stubs)
-    result = gs.export_onnx(graph, do_type_check=False)
+    result: onnx.ModelProto = gs.export_onnx(graph, do_type_check=False)
     result.ir_version = model.ir_version
     del result.opset_import[:]
     result.opset_import.extend(model.opset_import)

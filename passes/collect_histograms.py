@@ -202,7 +202,7 @@ class _OutputsEditor:
         """Append a uniquely named node with one output named after `base`; return the output."""
         output = unique_name(self._taken, base)
         name = unique_name(self._taken, f"calib/{output}")
-        self.model.graph.node.append(helper.make_node(op_type, inputs, [output], name=name, **attributes))
+        self.model.graph.node.append(helper.make_node(op_type, inputs, [output], name=name, **attributes))  # type: ignore[arg-type]
         return output
 
     def as_float(self, tensor: str) -> str:
@@ -223,7 +223,7 @@ class _OutputsEditor:
             self._constants[values] = name
         return self._constants[values]
 
-    def output(self, name: str, elem_type: int, shape: list) -> None:
+    def output(self, name: str, elem_type: int, shape: list[int | None]) -> None:
         self.model.graph.output.append(helper.make_tensor_value_info(name, elem_type, shape))
 
 

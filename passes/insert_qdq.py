@@ -59,18 +59,25 @@ def quantizers_for(
     model: onnx.ModelProto, analysis: GroupAnalysis, plan: Plan, encodings: Encodings, *, quantize_bias: bool = False
 ) -> EncodingSet:
     """Resolve a plan into per-tensor encodings (and int32 bias encodings s_x * s_w)."""
-    weight_encodings, act_encodings = {}, {}
+    weight_encodings: dict[str, TensorEncoding] = {}
+    act_encodings: dict[str, TensorEncoding] = {}
     for group in analysis.groups:
         candidate = plan.get(group.id)
         if candidate is None:
             continue
-        weight_encodings.update({w: encodings[(w, candidate.w_bits)] for w in group.weights})
+        w_bits = candidate.w_bits  # None only for groups without weights
+        weight_encodings.update({w: encodings[(w, w_bits)] for w in group.weights if w_bits is not None})
         act_encodings.update({t: encodings[(t, candidate.a_bits)] for t in group.activations})
     biases = _bias_encodings(model, analysis, weight_encodings, act_encodings) if quantize_bias else {}
     return EncodingSet(weight_encodings, act_encodings, biases)
 
 
-def _bias_encodings(model, analysis: GroupAnalysis, weight_enc, act_enc) -> dict[str, TensorEncoding]:
+def _bias_encodings(
+    model: onnx.ModelProto,
+    analysis: GroupAnalysis,
+    weight_enc: dict[str, TensorEncoding],
+    act_enc: Mapping[str, TensorEncoding],
+) -> dict[str, TensorEncoding]:
     """Conv/Gemm biases as int32 with scale s_x * s_w (per output channel).
 
     A channel whose bias would overflow int32 (a near-zero weight channel has a tiny s_w)
@@ -128,7 +135,12 @@ def insert_quantizers(model: onnx.ModelProto, quantizers: EncodingSet, *, weight
     return result
 
 
-def _rewire(graph: onnx.GraphProto, renamed: Mapping[str, str], weight_nodes: list, act_nodes: Mapping) -> None:
+def _rewire(
+    graph: onnx.GraphProto,
+    renamed: Mapping[str, str],
+    weight_nodes: list[onnx.NodeProto],
+    act_nodes: Mapping[str, list[onnx.NodeProto]],
+) -> None:
     """Point consumers at the dequantized tensors and place Q/DQ right after producers."""
     new_nodes = list(weight_nodes)
     inserted = {id(n) for nodes in act_nodes.values() for n in nodes}
@@ -170,7 +182,9 @@ def _fake_quantized(init: onnx.TensorProto, enc: TensorEncoding) -> onnx.TensorP
     return numpy_helper.from_array(values.astype(w.dtype), init.name)
 
 
-def _dequantized_weight(init: onnx.TensorProto, enc: TensorEncoding, taken: set[str]):
+def _dequantized_weight(
+    init: onnx.TensorProto, enc: TensorEncoding, taken: set[str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     w = numpy_helper.to_array(init)
     scale = np.asarray(enc.scale, np.float32)
     w_int = quant_math.quantize(w, scale.reshape(quant_math.broadcast_shape(w.ndim, enc.axis)), 0, enc.qmin, enc.qmax)
@@ -187,13 +201,16 @@ def _dequantized_weight(init: onnx.TensorProto, enc: TensorEncoding, taken: set[
         helper.make_tensor(z_name, dtype, zp_shape, [0] * (len(scale) if zp_shape else 1)),
     ]
     attrs = {"axis": enc.axis} if enc.axis is not None else {}
-    node = helper.make_node(
-        "DequantizeLinear", [q_name, s_name, z_name], [out], name=unique_name(taken, f"{init.name}_DequantizeLinear"), **attrs
+    node = helper.make_node(  # onnx's stub types **kwargs like doc_string
+        "DequantizeLinear", [q_name, s_name, z_name], [out], name=unique_name(taken, f"{init.name}_DequantizeLinear"),
+        **attrs,  # type: ignore[arg-type]
     )
     return [node], inits, out
 
 
-def _qdq_pair(tensor: str, enc: TensorEncoding, taken: set[str]):
+def _qdq_pair(
+    tensor: str, enc: TensorEncoding, taken: set[str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     dtype = _activation_dtype(enc.bits, enc.signed)
     s_name = unique_name(taken, f"{tensor}_scale")
     z_name = unique_name(taken, f"{tensor}_zero_point")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import networkx as nx
+import onnx
 
 from onnxmp.graph import ATTR_MODE, DataflowGraph, get_attribute
 from onnxmp.hw_profile import HwProfile
@@ -72,7 +73,7 @@ def quantizer_groups(graph: DataflowGraph, profile: HwProfile) -> GroupAnalysis:
     )
 
 
-def _why_not_quantized(graph: DataflowGraph, node, profile: HwProfile) -> str | None:
+def _why_not_quantized(graph: DataflowGraph, node: onnx.NodeProto, profile: HwProfile) -> str | None:
     """None if `node` is quantized; "" if it passes quantizers through; else the reason."""
     op = node.op_type
     if op in profile.passthrough_ops:
@@ -89,7 +90,7 @@ def _why_not_quantized(graph: DataflowGraph, node, profile: HwProfile) -> str | 
     return None
 
 
-def _operands(graph: DataflowGraph, node) -> tuple[list[str], list[str]]:
+def _operands(graph: DataflowGraph, node: onnx.NodeProto) -> tuple[list[str], list[str]]:
     """(weight initializers, float activation inputs) that `node` reads."""
     weights, activations = [], []
     data_inputs = node.input[:2] if node.op_type in WEIGHT_OPS else node.input
@@ -120,9 +121,9 @@ def anchor_of(graph: DataflowGraph, tensor: str, profile: HwProfile) -> str:
         tensor = producer.input[0]
 
 
-def _make_group(graph: DataflowGraph, component: set, profile: HwProfile) -> tuple[QuantizerGroup | None, str]:
+def _make_group(graph: DataflowGraph, component: set[tuple[str, str]], profile: HwProfile) -> tuple[QuantizerGroup | None, str]:
     ops = _sorted_ops(graph, component)
-    first_use = {}
+    first_use: dict[str, int] = {}
     for op in ops:
         for tensor in graph.nodes[op].input:
             first_use.setdefault(tensor, graph.index(op))
@@ -145,7 +146,7 @@ def _allowed(ops: list[str], graph: DataflowGraph, profile: HwProfile, *, has_we
     return tuple(Candidate(None, a) for a in widths)
 
 
-def _sorted_ops(graph: DataflowGraph, component: set) -> list[str]:
+def _sorted_ops(graph: DataflowGraph, component: set[tuple[str, str]]) -> list[str]:
     return sorted((name for kind, name in component if kind == "op"), key=graph.index)
 
 

@@ -39,7 +39,7 @@ def test_every_builtin_profile_loads(name):
     assert not profile.quantized_ops & profile.passthrough_ops
     assert {"Conv", "Gemm", "MatMul", "Add", "Concat"} <= profile.quantized_ops
     assert profile.weight_granularity is Granularity.PER_CHANNEL
-    assert (profile.weight_symmetric, profile.activation_symmetric) == (True, False)
+    assert profile.activation_symmetric is False
 
 
 def test_npu_profile_literal():
@@ -120,6 +120,14 @@ def test_per_tensor_symmetric_scheme(tmp_path):
         (
             "kernels: [W8A8]\n" + OPS + "schemes:\n  activations: {symmetric: 1}\n",
             "schemes.activations.symmetric: expected true or false, got 1",
+        ),
+        (
+            "kernels: [W8A8]\n" + OPS + "schemes:\n  weights: {symmetric: false}\n",
+            "schemes.weights.symmetric: false: asymmetric weights are not supported",
+        ),
+        (
+            "kernels: [W8A8]\n" + OPS + "schemes:\n  weights: {symmetric: no}\n",
+            "schemes.weights.symmetric: false: asymmetric weights are not supported",
         ),
         ("- W8A8\n- W4A8\n", "expected a mapping at the top level"),
         ("", "expected a mapping at the top level"),
