@@ -1,6 +1,6 @@
 """The layering rule of README.md ("Layering"), checked on the imports of every module.
 
-`records, errors` -> `quant_math, bops, graph, hw_profile, model_io, runtime, calib_data, store`
+`records, errors` -> `quant_math, bops, graph, hw_profile, model_io, large_model, runtime, calib_data, store`
 -> `passes` -> `phase1`, `search` -> `pipeline` (with `steps`) -> `cli`: each layer imports only from its own
 layer or layers to its left. Nothing imports `cli`; only `pipeline` imports `onnxmp.search`
 (besides the search package itself). Imports inside functions (lazy imports) count, and so do
@@ -27,7 +27,7 @@ BASE, SERVICES, PASSES, PHASES, PIPELINE, CLI = range(6)
 NAMED_LAYERS = {
     "onnxmp.records": BASE,
     "onnxmp.errors": BASE,
-    **{f"onnxmp.{m}": SERVICES for m in ("quant_math", "bops", "graph", "hw_profile", "model_io", "runtime", "calib_data", "store", "inputs")},
+    **{f"onnxmp.{m}": SERVICES for m in ("quant_math", "bops", "graph", "hw_profile", "model_io", "large_model", "runtime", "calib_data", "store", "inputs")},
     "onnxmp.pipeline": PIPELINE,
     "onnxmp.steps": PIPELINE,
     "onnxmp.apply": PIPELINE,
