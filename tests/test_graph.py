@@ -110,3 +110,22 @@ def test_get_attribute():
     assert graph_index.get_attribute(node, graph_index.ATTR_GROUP) == 4
     assert graph_index.get_attribute(node, "pads") == [1, 1, 1, 1]
     assert graph_index.get_attribute(node, "strides", default=[1, 1]) == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("op_type", "position", "rank", "attrs", "axis"),
+    [
+        ("Conv", 1, 4, {}, 0),
+        ("ConvTranspose", 1, 4, {}, 1),  # weight [C_in, C_out / group, kH, kW]
+        ("ConvTranspose", 1, 4, {"group": 2}, None),
+        ("Gemm", 1, 2, {}, 1),  # B [K, N]
+        ("Gemm", 1, 2, {"transB": 1}, 0),  # B [N, K]
+        ("Gemm", 0, 2, {}, None),  # a constant A has no output channel
+        ("MatMul", 1, 2, {}, 1),
+        ("MatMul", 0, 2, {}, 0),
+        ("MatMul", 1, 3, {}, None),  # batched: per tensor
+        ("Mul", 1, 1, {}, None),
+    ],
+)
+def test_output_channel_axis(op_type, position, rank, attrs, axis):
+    assert graph_index.output_channel_axis(op_type, position, rank, attrs) == axis
