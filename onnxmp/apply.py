@@ -19,7 +19,7 @@ from onnxmp.errors import EncodingsError
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import weight_axis
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers
-from onnxmp.records import EncodingSet, TensorEncoding
+from onnxmp.records import TensorEncoding
 from onnxmp.steps import run_passes
 
 
@@ -58,5 +58,5 @@ def apply_encodings(
             activations[to_canonical[user]] = replace(enc, name=to_canonical[user])
     if not (weights or activations):
         raise EncodingsError(f"{path}: no tensor named in the file exists in the model")
-    qdq = insert_quantizers(canonical, EncodingSet(weights, activations, biases), weights=WeightStorage.INTEGER)
+    qdq = insert_quantizers(canonical, encodings_format.EncodingSet(weights, activations, biases), weights=WeightStorage.INTEGER)
     return model_io.save(qdq, Path(output_dir) / "model.qdq.onnx"), unknown

@@ -18,14 +18,33 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import onnx
 
 from onnxmp.errors import EncodingsError
-from onnxmp.records import EncodingSet, TensorEncoding
+from onnxmp.records import Grid, TensorEncoding
 
 PROVENANCE_PREFIX = "onnxmp:from="
 BIAS_MIN_BITS = 17  # param encodings this wide are int32 biases (scale s_x * s_w), not weights
+
+
+@dataclass(frozen=True)
+class EncodingSet:
+    """The encoding of every quantized tensor of one configuration, by tensor name.
+
+    Biases (int32, more than 16 bits) are kept apart from weights because their scale is
+    derived (s_x * s_w); an encodings file lists both as `params`.
+    """
+
+    weights: Mapping[str, TensorEncoding]
+    activations: Mapping[str, TensorEncoding]
+    biases: Mapping[str, TensorEncoding] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, TensorEncoding]:
+        """Weights and biases, as AIMET's `param_encodings` list them."""
+        return {**self.weights, **self.biases}
 
 
 class Version(enum.Enum):
@@ -156,7 +175,7 @@ def _from_aimet(name: str, bits: int, symmetric: bool, scales: list[float], offs
     zero_points = tuple(0 for _ in offsets) if signed else tuple(-int(o) for o in offsets)
     return TensorEncoding(
         name=name, bits=int(bits), scale=tuple(float(s) for s in scales), zero_point=zero_points,
-        signed=signed, symmetric=signed, axis=0 if per_channel else None,
+        grid=Grid.SYMMETRIC_SIGNED if signed else Grid.ASYMMETRIC_UNSIGNED, axis=0 if per_channel else None,
     )
 
 

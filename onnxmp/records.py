@@ -142,6 +142,25 @@ class GroupAnalysis:
         raise KeyError(group_id)
 
 
+class Grid(enum.Enum):
+    """The integer grid of a quantizer: the signed/symmetric pair, of which onnxmp uses two.
+
+    >>> Grid.SYMMETRIC_SIGNED.signed, Grid.ASYMMETRIC_UNSIGNED.symmetric
+    (True, False)
+    """
+
+    SYMMETRIC_SIGNED = "symmetric_signed"  # zero point 0, integers in [-(2^(b-1)-1), 2^(b-1)-1]
+    ASYMMETRIC_UNSIGNED = "asymmetric_unsigned"  # zero point z, integers in [0, 2^b - 1]
+
+    @property
+    def signed(self) -> bool:
+        return self is Grid.SYMMETRIC_SIGNED
+
+    @property
+    def symmetric(self) -> bool:
+        return self is Grid.SYMMETRIC_SIGNED
+
+
 @dataclass(frozen=True, slots=True)
 class TensorEncoding:
     """Quantization parameters of one tensor at one bit-width.
@@ -154,9 +173,16 @@ class TensorEncoding:
     bits: int
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
-    signed: bool
-    symmetric: bool
+    grid: Grid
     axis: int | None = None
+
+    @property
+    def signed(self) -> bool:
+        return self.grid.signed
+
+    @property
+    def symmetric(self) -> bool:
+        return self.grid.symmetric
 
     @property
     def qmin(self) -> int:
@@ -165,24 +191,6 @@ class TensorEncoding:
     @property
     def qmax(self) -> int:
         return integer_range(self.bits, signed=self.signed, symmetric=self.symmetric)[1]
-
-
-@dataclass(frozen=True)
-class EncodingSet:
-    """The encoding of every quantized tensor of one configuration, by tensor name.
-
-    Biases (int32, more than 16 bits) are kept apart from weights because their scale is
-    derived (s_x * s_w); an encodings file lists both as `params`.
-    """
-
-    weights: Mapping[str, TensorEncoding]
-    activations: Mapping[str, TensorEncoding]
-    biases: Mapping[str, TensorEncoding] = field(default_factory=dict)
-
-    @property
-    def params(self) -> dict[str, TensorEncoding]:
-        """Weights and biases, as AIMET's `param_encodings` list them."""
-        return {**self.weights, **self.biases}
 
 
 def integer_range(bits: int, *, signed: bool, symmetric: bool) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, attributes, output_channel_axis
 from onnxmp.hw_profile import HwProfile
 from onnxmp.passes.collect_histograms import activation_histograms
-from onnxmp.records import Granularity, GroupAnalysis, RangeMethod, TensorEncoding
+from onnxmp.records import Granularity, Grid, GroupAnalysis, RangeMethod, TensorEncoding
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def encode_weight(w: np.ndarray, name: str, bits: int, axis: int | None, method:
     scale = quant_math.weight_scale(w, bits, axis, mse=method is RangeMethod.MSE)
     return TensorEncoding(
         name=name, bits=bits, scale=tuple(float(s) for s in scale), zero_point=(0,) * len(scale),
-        signed=True, symmetric=True, axis=axis,
+        grid=Grid.SYMMETRIC_SIGNED, axis=axis,
     )
 
 
@@ -95,6 +95,6 @@ def encode_activation(
         low, high = (float(edges[nonzero[0]]), float(edges[nonzero[-1] + 1])) if nonzero.size else (0.0, 0.0)
     if symmetric:
         symmetric_scale = quant_math.symmetric_scale(max(abs(low), abs(high)), bits)
-        return TensorEncoding(name, bits, (float(symmetric_scale),), (0,), signed=True, symmetric=True)
+        return TensorEncoding(name, bits, (float(symmetric_scale),), (0,), grid=Grid.SYMMETRIC_SIGNED)
     scale, zero_point = quant_math.asymmetric_params(low, high, bits)
-    return TensorEncoding(name, bits, (float(scale),), (zero_point,), signed=False, symmetric=False)
+    return TensorEncoding(name, bits, (float(scale),), (zero_point,), grid=Grid.ASYMMETRIC_UNSIGNED)

@@ -28,8 +28,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import quant_math
+from onnxmp.encodings import EncodingSet
 from onnxmp.graph import all_names, unique_name
-from onnxmp.records import EncodingSet, GroupAnalysis, Plan, TensorEncoding
+from onnxmp.records import Grid, GroupAnalysis, Plan, TensorEncoding
 
 Encodings = Mapping[tuple[str, int], TensorEncoding]
 NATIVE_BITS = (4, 8, 16)
@@ -102,7 +103,7 @@ def _bias_encodings(
             s_w = np.asarray(weight_enc[node.input[1]].scale, np.float64)
         scale = tuple(float(v) for v in np.float32(s_x * s_w))
         axis = None if weight_enc[node.input[1]].axis is None else 0
-        result[node.input[2]] = TensorEncoding(node.input[2], 32, scale, (0,) * len(scale), True, True, axis)
+        result[node.input[2]] = TensorEncoding(node.input[2], 32, scale, (0,) * len(scale), Grid.SYMMETRIC_SIGNED, axis)
     return result
 
 

@@ -16,7 +16,7 @@ import onnxmp
 from onnxmp import apply, encodings, runtime
 from onnxmp.cli import main
 from onnxmp.errors import EncodingsError
-from onnxmp.records import TensorEncoding
+from onnxmp.records import Grid, TensorEncoding
 from tests import builders, oracles
 from tests.golden import regenerate
 
@@ -78,7 +78,7 @@ def digits_runs(tmp_path_factory):
 def test_unsigned_8_bit_offset_is_minus_the_zero_point():
     # x_int = round(x / 0.1) - offset on [0, 255]; zero point 10 -> offset -10,
     # min = 0.1 * -10 = -1.0, max = 0.1 * (255 - 10) = 24.5
-    enc = TensorEncoding("act", 8, (0.1,), (10,), signed=False, symmetric=False)
+    enc = TensorEncoding("act", 8, (0.1,), (10,), grid=Grid.ASYMMETRIC_UNSIGNED)
     codes = encodings.EncodingSet(weights={}, activations={"act": enc})
 
     v1 = json.loads(encodings.to_json(codes, version="1.0.0"))
@@ -103,7 +103,7 @@ def test_signed_symmetric_4_bit_per_channel_weight_has_offset_minus_8():
     # signed 4-bit on an unsigned AIMET grid: offset -2^3 = -8 on every channel,
     # min = -8 s, max = s * (15 - 8) = 7 s
     scales = (0.5, 0.25, 0.125)
-    enc = TensorEncoding("w", 4, scales, (0, 0, 0), signed=True, symmetric=True, axis=0)
+    enc = TensorEncoding("w", 4, scales, (0, 0, 0), grid=Grid.SYMMETRIC_SIGNED, axis=0)
     codes = encodings.EncodingSet(weights={"w": enc}, activations={})
 
     v1 = json.loads(encodings.to_json(codes, version="1.0.0"))
@@ -122,7 +122,7 @@ def test_signed_symmetric_4_bit_per_channel_weight_has_offset_minus_8():
 
 def test_versions_are_an_enum_of_the_format_strings():
     assert [v.value for v in encodings.Version] == ["1.0.0", "0.6.1"]
-    codes = encodings.EncodingSet({}, {"act": TensorEncoding("act", 8, (0.1,), (3,), False, False)})
+    codes = encodings.EncodingSet({}, {"act": TensorEncoding("act", 8, (0.1,), (3,), Grid.ASYMMETRIC_UNSIGNED)})
     assert encodings.to_json(codes, version=encodings.Version.V0_6_1) == encodings.to_json(codes, version="0.6.1")
     assert json.loads(encodings.to_json(codes))["version"] == "1.0.0"
 
@@ -136,14 +136,14 @@ def test_unknown_version_is_an_encodings_error():
 
 ROUND_TRIP_SET = encodings.EncodingSet(
     weights={
-        "conv.weight": TensorEncoding("conv.weight", 8, (0.02, 0.03, 0.5), (0, 0, 0), True, True, axis=0),
-        "fc.weight": TensorEncoding("fc.weight", 4, (0.125,), (0,), True, True),
+        "conv.weight": TensorEncoding("conv.weight", 8, (0.02, 0.03, 0.5), (0, 0, 0), Grid.SYMMETRIC_SIGNED, axis=0),
+        "fc.weight": TensorEncoding("fc.weight", 4, (0.125,), (0,), Grid.SYMMETRIC_SIGNED),
     },
-    biases={"conv.bias": TensorEncoding("conv.bias", 32, (1e-4, 2e-4, 3e-3), (0, 0, 0), True, True, axis=0)},
+    biases={"conv.bias": TensorEncoding("conv.bias", 32, (1e-4, 2e-4, 3e-3), (0, 0, 0), Grid.SYMMETRIC_SIGNED, axis=0)},
     activations={
-        "relu": TensorEncoding("relu", 8, (0.05,), (0,), False, False),
-        "input": TensorEncoding("input", 8, (0.027,), (143,), False, False),
-        "add": TensorEncoding("add", 16, (3.5e-5,), (30000,), False, False),
+        "relu": TensorEncoding("relu", 8, (0.05,), (0,), Grid.ASYMMETRIC_UNSIGNED),
+        "input": TensorEncoding("input", 8, (0.027,), (143,), Grid.ASYMMETRIC_UNSIGNED),
+        "add": TensorEncoding("add", 16, (3.5e-5,), (30000,), Grid.ASYMMETRIC_UNSIGNED),
     },
 )
 
@@ -162,7 +162,7 @@ def test_round_trip_gives_equal_records(version):
 def test_per_channel_axis_comes_back_as_placeholder_0(version):
     # the files carry no axis: from_json says "per channel" with axis 0, and apply_encodings
     # puts the real axis back from the graph (see test_apply_puts_the_gemm_axis_back)
-    enc = TensorEncoding("fc.weight", 8, (0.1, 0.2), (0, 0), True, True, axis=1)
+    enc = TensorEncoding("fc.weight", 8, (0.1, 0.2), (0, 0), Grid.SYMMETRIC_SIGNED, axis=1)
     back = encodings.from_json(encodings.to_json(encodings.EncodingSet({"fc.weight": enc}, {}), version=version))
     assert back.params["fc.weight"].axis == 0
     assert back.params["fc.weight"].scale == (0.1, 0.2)
@@ -170,7 +170,7 @@ def test_per_channel_axis_comes_back_as_placeholder_0(version):
 
 def test_one_channel_per_channel_encoding_is_per_tensor_in_0_6_1():
     # 0.6.1 has no enc_type: a list of one entry reads as per tensor; 1.0.0 keeps PER_CHANNEL
-    enc = TensorEncoding("w", 8, (0.1,), (0,), True, True, axis=0)
+    enc = TensorEncoding("w", 8, (0.1,), (0,), Grid.SYMMETRIC_SIGNED, axis=0)
     codes = encodings.EncodingSet({"w": enc}, {})
     assert encodings.from_json(encodings.to_json(codes, version="1.0.0")).params["w"].axis == 0
     assert encodings.from_json(encodings.to_json(codes, version="0.6.1")).params["w"].axis is None

@@ -8,6 +8,7 @@ import pytest
 
 from onnxmp.records import (
     Candidate,
+    Grid,
     GroupAnalysis,
     Plan,
     QuantizerGroup,
@@ -98,8 +99,8 @@ def test_integer_range(bits, signed, symmetric, expected):
 
 
 def test_tensor_encoding_grid():
-    weight = TensorEncoding("w", 4, (0.1, 0.2), (0, 0), signed=True, symmetric=True, axis=0)
-    act = TensorEncoding("x", 8, (0.02,), (128,), signed=False, symmetric=False)
+    weight = TensorEncoding("w", 4, (0.1, 0.2), (0, 0), grid=Grid.SYMMETRIC_SIGNED, axis=0)
+    act = TensorEncoding("x", 8, (0.02,), (128,), grid=Grid.ASYMMETRIC_UNSIGNED)
     assert (weight.qmin, weight.qmax) == (-7, 7)
     assert (act.qmin, act.qmax, act.axis) == (0, 255, None)
 

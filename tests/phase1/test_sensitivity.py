@@ -26,7 +26,7 @@ from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.phase1.measure import measure, reference_outputs
 from onnxmp.phase1.sensitivity import STORE_KIND, context_for, sensitivity
-from onnxmp.records import Candidate, Plan, TensorEncoding
+from onnxmp.records import Candidate, Grid, Plan, TensorEncoding
 from onnxmp.store import ResultStore
 from tests import builders
 
@@ -90,11 +90,11 @@ X = np.array(
 
 
 def _weight_encoding(name: str, bits: int, scales: tuple[float, ...]) -> TensorEncoding:
-    return TensorEncoding(name, bits, scales, (0,) * len(scales), signed=True, symmetric=True, axis=0)
+    return TensorEncoding(name, bits, scales, (0,) * len(scales), grid=Grid.SYMMETRIC_SIGNED, axis=0)
 
 
 def _act_encoding(name: str, bits: int, scale: float, zero_point: int) -> TensorEncoding:
-    return TensorEncoding(name, bits, (scale,), (zero_point,), signed=False, symmetric=False)
+    return TensorEncoding(name, bits, (scale,), (zero_point,), grid=Grid.ASYMMETRIC_UNSIGNED)
 
 
 def _hand_encodings(weights: tuple[str, ...], activations: tuple[str, ...]) -> dict:
