@@ -18,7 +18,7 @@ import click
 from onnxmp import apply as apply_step
 from onnxmp import bops, calib_data, evaluate, hw_profile, model_io, pipeline, steps
 from onnxmp.calib_data import Preprocess
-from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError
+from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError, first_line
 from onnxmp.records import ExecutorKind, RangeMethod, SearchMethod, Strategy
 from onnxmp.run_records import Result, Settings
 
@@ -46,7 +46,7 @@ def handle_errors(command):
         except OnnxmpError as e:
             if debug:
                 raise
-            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, EXIT_INPUT)
+            _fail(first_line(e) or type(e).__name__, EXIT_INPUT)
         except OSError as e:
             if debug:
                 raise
@@ -54,7 +54,7 @@ def handle_errors(command):
         except Exception as e:  # a bug: one line, and how to see more
             if debug:
                 raise
-            _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with --debug)", EXIT_INTERNAL)
+            _fail(f"internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug)", EXIT_INTERNAL)
 
     return wrapper
 

@@ -16,7 +16,7 @@ import onnx
 
 from onnxmp import bops, calib_data, graph, model_io
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.errors import ModelError, OnnxmpError, PassError
+from onnxmp.errors import ModelError, OnnxmpError, PassError, first_line
 from onnxmp.hw_profile import HwProfile
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
@@ -40,7 +40,7 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[Pass], *, verify: bool =
         except OnnxmpError:
             raise
         except Exception as e:  # a bug in a pass: name it, keep the cause
-            raise PassError(f"pass {run.__name__} failed: {_first_line(e)}") from e
+            raise PassError(f"pass {run.__name__} failed: {first_line(e) or type(e).__name__}") from e
         if verify:  # a weightless check for large models: the checker serializes what it gets
             try:
                 model_io.validate(model, f"after pass {run.__name__}")
@@ -48,10 +48,6 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[Pass], *, verify: bool =
                 raise PassError(str(e)) from e
         logger.info("%s: %d -> %d nodes", run.__name__, before, len(model.graph.node))
     return model
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def prepare(

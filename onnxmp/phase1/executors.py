@@ -66,7 +66,7 @@ def run_on_ray(jobs: Sequence[Phase1Job], consume: Callable[[Phase1Result], None
     try:
         import ray
     except ImportError as e:
-        raise OnnxmpError("--executor ray needs Ray: pip install 'onnxmp[ray]'") from e
+        raise OnnxmpError("the Ray executor needs Ray: pip install 'onnxmp[ray]'") from e
     started_here = not ray.is_initialized()
     if started_here:
         host = (address or "").rsplit(":", 1)[0]
