@@ -9,18 +9,16 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from onnxmp import apply as apply_step
-from onnxmp import bops, calib_data, evaluate, hw_profile, model_io, pipeline, steps
+from onnxmp import bops, calib_data, hw_profile, model_io, pipeline, steps
 from onnxmp.calib_data import Preprocess
+from onnxmp.cli_options import Progress, RunOptions, common_options, run_options
 from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError, first_line
-from onnxmp.records import ExecutorKind, RangeMethod, SearchMethod, Strategy
-from onnxmp.run_records import Result, Settings
+from onnxmp.run_records import Result
 
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -64,15 +62,6 @@ def _setup_logging(verbose: int, debug: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def common_options(command):
-    for option in reversed([
-        click.option("-v", "--verbose", count=True, help="More log output on stderr."),
-        click.option("--debug", is_flag=True, help="Show tracebacks; run onnx.checker after every pass."),
-    ]):
-        command = option(command)
-    return command
-
-
 @click.group()
 @click.version_option(package_name="onnxmp")
 def main() -> None:
@@ -86,106 +75,6 @@ def _load_calib(model_path: str, calib: str | None, calib_images: str | None, pr
     if calib is not None:
         return model, calib_data.load_arrays(calib, model, limit=limit)
     return model, calib_data.load_images(calib_images, model, Preprocess(preprocess), limit=limit)
-
-
-class _Progress:
-    """Phase-1 progress on a terminal (group k of G, time left); silent in logs and CI."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.first: int | None = None
-
-    def __call__(self, done: int, total: int, what: str) -> None:
-        if not self.enabled:
-            return
-        if self.first is None:
-            self.first, self.start = done, time.perf_counter()
-        rate = (time.perf_counter() - self.start) / max(done - self.first, 1)
-        left = rate * (total - done) if done > self.first else float("nan")
-        end = "\n" if done == total else ""
-        click.echo(f"\rphase 1: {done}/{total}  {what[:40]:40s}  ~{left:5.0f}s left", err=True, nl=False)
-        if end:
-            click.echo("", err=True)
-
-
-def _run_options(command):
-    for option in reversed([
-        click.argument("model_path", type=click.Path(exists=True, dir_okay=False)),
-        click.option("--profile", required=True, help="Built-in profile name (npu, research, ...) or a YAML path."),
-        click.option("--calib", type=click.Path(exists=True, dir_okay=False), help="Calibration .npz/.npy keyed by input name."),
-        click.option("--calib-images", type=click.Path(exists=True, file_okay=False), help="Folder of calibration images."),
-        click.option("--preprocess", type=click.Choice([p.value for p in Preprocess]), default="imagenet", show_default=True),
-        click.option("--num-calib", type=click.IntRange(min=1), default=None, help="Use the first N samples only."),
-        click.option("-o", "--output-dir", required=True, help="Where outputs go (a folder)."),
-        click.option("--bits", help="Homogeneous precision, e.g. W8A8."),
-        click.option("--target-bops", type=click.FloatRange(min=0, min_open=True), help="Relative BOPs budget (W8A16 = 1)."),
-        click.option("--min-sqnr", type=float, help="Cheapest point whose measured output SQNR (dB) is at least this."),
-        click.option("--max-drop", type=click.FloatRange(min=0), help="Cheapest point within this many accuracy points of float."),
-        click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), help="Labelled .npz for top-1 (--max-drop)."),
-        click.option("--eval", "eval_fn", help="module:function scoring an onnx.ModelProto (--max-drop)."),
-        click.option("--range-method", type=click.Choice([m.value for m in RangeMethod]), default="mse", show_default=True),
-        click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
-        click.option("--strategy", type=click.Choice([m.value for m in Strategy]), default="greedy", show_default=True,
-                     help="Phase-2 strategy that builds the curve."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-                     help="Samples per ONNX Runtime run (results do not depend on it beyond float rounding)."),
-        click.option("--executor", type=click.Choice([e.value for e in ExecutorKind]), default="processes",
-                     show_default=True, help="Where phase 1 runs: this process, worker processes, or Ray."),
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Worker processes / Ray tasks for phase 1 [default: one per 4 cores; one runs here]."),
-        click.option("--ray-address", default=None, help="Ray cluster address (default: start a local one)."),
-        click.option("--encodings-version", type=click.Choice(["1.0.0", "0.6.1"]), default="1.0.0", show_default=True,
-                     help="AIMET encodings format of out/encodings.json."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for strategies that draw."),
-    ]):
-        command = option(command)
-    return common_options(command)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The options of `quantize` and `search`, typed (click passes them by name)."""
-
-    model_path: str
-    profile: str
-    calib: str | None
-    calib_images: str | None
-    preprocess: str
-    num_calib: int | None
-    output_dir: str
-    bits: str | None
-    target_bops: float | None
-    min_sqnr: float | None
-    max_drop: float | None
-    eval_data: str | None
-    eval_fn: str | None
-    range_method: str
-    search: str
-    strategy: str
-    batch_size: int
-    executor: str
-    workers: int | None
-    ray_address: str | None
-    encodings_version: str
-    seed: int
-    verbose: int
-    debug: bool
-
-    def settings(self, *, require_stored: bool) -> Settings:
-        return Settings(
-            range_method=RangeMethod(self.range_method), batch_size=self.batch_size, seed=self.seed,
-            strategy=Strategy(self.strategy), search=SearchMethod(self.search), executor=ExecutorKind(self.executor),
-            workers=self.workers, ray_address=self.ray_address, encodings_version=self.encodings_version,
-            require_stored=require_stored, verify=self.debug,
-        )
-
-    def evaluator(self) -> evaluate.Evaluate | None:
-        if self.eval_data is not None:
-            return evaluate.top1_evaluator(Path(self.eval_data), self.batch_size)
-        if self.eval_fn is not None:
-            return evaluate.imported_evaluator(self.eval_fn)
-        return None
 
 
 def _check_budget_flags(options: RunOptions) -> None:
@@ -210,7 +99,7 @@ def _run(options: RunOptions, *, require_stored: bool) -> None:
     result = pipeline.quantize(
         model, profile=options.profile, calib=calib, output_dir=output_dir, bits=options.bits,
         target_bops=options.target_bops, min_sqnr_db=options.min_sqnr, max_drop=options.max_drop,
-        evaluate=options.evaluator(), settings=options.settings(require_stored=require_stored), progress=_Progress(),
+        evaluate=options.evaluator(), settings=options.settings(require_stored=require_stored), progress=Progress(),
     )
     _summary(result)
 
@@ -242,7 +131,7 @@ def _summary(result: Result) -> None:
 
 
 @main.command()
-@_run_options
+@run_options
 @handle_errors
 def quantize(**options) -> None:
     """Quantize MODEL_PATH: homogeneous (--bits) or mixed precision (a budget)."""
@@ -250,7 +139,7 @@ def quantize(**options) -> None:
 
 
 @main.command()
-@_run_options
+@run_options
 @handle_errors
 def search(**options) -> None:
     """Re-run phase 2 and the selection for a new budget from the phase-1 store in -o DIR."""

@@ -32,6 +32,7 @@ NAMED_LAYERS = {
     "onnxmp.steps": PIPELINE,
     "onnxmp.apply": PIPELINE,
     "onnxmp.cli": CLI,
+    "onnxmp.cli_options": CLI,
     "onnxmp": PIPELINE,
 }
 SEARCH = "onnxmp.search"
