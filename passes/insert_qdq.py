@@ -9,9 +9,12 @@ Rule cases:
    DequantizeLinear (per-channel along the encoding's axis). With
    `WeightStorage.FAKE_FLOAT` the float initializer is replaced by its dequantized values
    instead (same numbers, no extra node: the fast path of phase 1).
-2. An activation gets one Q->DQ pair at the tensor, shared by all its consumers (uint4,
-   uint8, uint16 containers, or int for symmetric schemes). Widths that are not 4, 8 or 16
-   get a Clip to the exact range first, so 6-bit is simulated exactly.
+2. An activation gets one Q->DQ pair at the tensor, shared by all its consumers: 2-8 bits
+   in uint8, 9-16 in uint16 (int8/int16 for symmetric schemes). Widths narrower than their
+   container get a Clip to the exact range first, so 4- and 6-bit are simulated exactly.
+   Never uint4/int4: ONNX Runtime (1.32, default options) fuses a 4-bit activation DQ into
+   QLinearConv or an integer MaxPool, which reject 4-bit types (the model does not load),
+   and its Clip->QuantizeLinear rewrite throws on a 4-bit zero point.
 3. Conv/Gemm biases become int32 with scale s_x * s_w per channel when `quantize_bias` is
    set (the profile's `schemes.bias`), so integer kernels need no float bias.
 4. Groups missing from the plan stay float.
@@ -33,7 +36,7 @@ from onnxmp.graph import all_names, unique_name
 from onnxmp.records import Grid, GroupAnalysis, Plan, TensorEncoding
 
 Encodings = Mapping[tuple[str, int], TensorEncoding]
-NATIVE_BITS = (4, 8, 16)
+ACTIVATION_CONTAINERS = (8, 16)  # bits of the activation integer types
 _INT32_SAFE = 2**31 - 2**8  # headroom for float32 rounding of s_x * s_w
 
 
@@ -168,10 +171,13 @@ def _weight_dtype(bits: int) -> int:
     return TensorProto.INT4 if bits <= 4 else TensorProto.INT8 if bits <= 8 else TensorProto.INT16
 
 
+def activation_container(bits: int) -> int:
+    """Bits of the integer type that holds a `bits`-wide activation grid (rule 2)."""
+    return next(c for c in ACTIVATION_CONTAINERS if bits <= c)
+
+
 def _activation_dtype(bits: int, signed: bool) -> int:
-    if bits <= 4:
-        return TensorProto.INT4 if signed else TensorProto.UINT4
-    if bits <= 8:
+    if activation_container(bits) == 8:
         return TensorProto.INT8 if signed else TensorProto.UINT8
     return TensorProto.INT16 if signed else TensorProto.UINT16
 
@@ -221,7 +227,7 @@ def _qdq_pair(
     ]
     nodes = []
     source = tensor
-    if enc.bits not in NATIVE_BITS:
+    if enc.bits not in ACTIVATION_CONTAINERS:
         low, high = quant_math.dequantize(np.array([enc.qmin, enc.qmax]), np.float32(enc.scale[0]), enc.zero_point[0])
         lo_name, hi_name = unique_name(taken, f"{tensor}_clip_min"), unique_name(taken, f"{tensor}_clip_max")
         inits += [numpy_helper.from_array(np.float32(low), lo_name), numpy_helper.from_array(np.float32(high), hi_name)]

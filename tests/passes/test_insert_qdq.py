@@ -11,9 +11,9 @@ from onnxmp import graph as graph_index
 from onnxmp import hw_profile, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.passes.insert_qdq import Quantizers, WeightStorage, insert_qdq, insert_quantizers
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.records import Candidate, Plan
+from onnxmp.records import Candidate, Plan, TensorEncoding
 from tests import builders, oracles
 
 # float_fallbacks reads a weight as a graph input without a batch dim: it cannot be calibrated
@@ -167,6 +167,36 @@ def test_6_bit_activation_is_clipped_to_64_levels():
         rtol=0,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize(
+    ("bits", "dtype", "clip"),
+    [
+        # scale 0.5, zero point 3: the grid q in [0, 2^bits - 1] spans [0.5 * (0 - 3), 0.5 * (2^bits - 1 - 3)]
+        (2, TensorProto.UINT8, (-1.5, 0.0)),
+        (4, TensorProto.UINT8, (-1.5, 6.0)),  # never uint4: ONNX Runtime fuses it into kernels that reject it
+        (6, TensorProto.UINT8, (-1.5, 30.0)),
+        (8, TensorProto.UINT8, None),
+        (12, TensorProto.UINT16, (-1.5, 2046.0)),
+        (16, TensorProto.UINT16, None),
+    ],
+)
+def test_activation_containers(bits, dtype, clip):
+    canon = builders.canonical(builders.conv_relu())
+    encoding = TensorEncoding("x", bits, (0.5,), (3,), signed=False, symmetric=False)
+    qdq = insert_quantizers(canon.model, Quantizers({}, {"x": encoding}), weights=WeightStorage.INTEGER)
+    inits = {i.name: i for i in qdq.graph.initializer}
+    (q,) = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear"]
+    assert inits[q.input[2]].data_type == dtype
+    assert int(numpy_helper.to_array(inits[q.input[2]])) == 3
+    clips = [n for n in qdq.graph.node if n.op_type == "Clip"]
+    if clip is None:
+        assert (clips, q.input[0]) == ([], "x")
+    else:
+        (node,) = clips
+        assert (node.input[0], node.output[0]) == ("x", q.input[0])
+        bounds = tuple(float(numpy_helper.to_array(inits[name])) for name in node.input[1:])
+        assert bounds == clip
 
 
 @pytest.mark.parametrize("name", QUANTIZABLE)
