@@ -15,6 +15,10 @@ Rule cases:
    Never uint4/int4: ONNX Runtime (1.32, default options) fuses a 4-bit activation DQ into
    QLinearConv or an integer MaxPool, which reject 4-bit types (the model does not load),
    and its Clip->QuantizeLinear rewrite throws on a 4-bit zero point.
+2a. A Clip that reads a graph input and whose bounds contain its quantizer's range is
+   dropped (Q reads the input; it saturates to the same integers), as ONNX Runtime's
+   ClipQuantFusion would: ONNX Runtime 1.19-1.20 fail to load the model when that fusion
+   removes a Clip fed by a graph input.
 3. Conv/Gemm biases become int32 with scale s_x * s_w per channel when `quantize_bias` is
    set (the profile's `schemes.bias`), so integer kernels need no float bias.
 4. Groups missing from the plan stay float.
@@ -23,6 +27,7 @@ Rule cases:
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -127,11 +132,18 @@ def insert_quantizers(model: onnx.ModelProto, quantizers: EncodingSet, *, weight
             nodes, new_inits, renamed[name] = _dequantized_weight(initializers[name], enc, taken)
             weight_nodes.extend(nodes)
             graph.initializer.extend(new_inits)
+    producers = {out: node for node in graph.node for out in node.output}
+    free_inputs = {i.name for i in graph.input} - set(quantizers.activations)
+    outputs = {o.name for o in graph.output}
+    dropped: dict[int, str] = {}  # id(Clip) -> the tensor whose Q/DQ takes its place (rule 2a)
     for tensor, enc in quantizers.activations.items():
-        nodes, inits, renamed[tensor] = _qdq_pair(tensor, enc, taken)
+        clip, source = producers.get(tensor), tensor
+        if clip is not None and clip.input[0] in free_inputs and tensor not in outputs and _clip_contains(clip, enc, initializers):
+            source, dropped[id(clip)] = clip.input[0], tensor
+        nodes, inits, renamed[tensor] = _qdq_pair(tensor, enc, taken, source=source)
         act_nodes[tensor] = nodes
         graph.initializer.extend(inits)
-    _rewire(graph, renamed, weight_nodes, act_nodes)
+    _rewire(graph, renamed, weight_nodes, act_nodes, dropped)
     used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
@@ -144,14 +156,19 @@ def _rewire(
     renamed: Mapping[str, str],
     weight_nodes: list[onnx.NodeProto],
     act_nodes: Mapping[str, list[onnx.NodeProto]],
+    dropped: Mapping[int, str],
 ) -> None:
-    """Point consumers at the dequantized tensors and place Q/DQ right after producers."""
+    """Point consumers at the dequantized tensors and place Q/DQ right after producers
+    (a dropped Clip's place goes to the Q/DQ of its output)."""
     new_nodes = list(weight_nodes)
     inserted = {id(n) for nodes in act_nodes.values() for n in nodes}
     inserted.update(id(n) for n in weight_nodes)
     for tensor in (i.name for i in graph.input):
         new_nodes.extend(act_nodes.get(tensor, ()))
     for node in graph.node:
+        if id(node) in dropped:
+            new_nodes.extend(act_nodes[dropped[id(node)]])
+            continue
         new_nodes.append(node)
         for out in node.output:
             new_nodes.extend(act_nodes.get(out, ()))
@@ -215,9 +232,21 @@ def _dequantized_weight(
     return [node], inits, out
 
 
+def _clip_contains(node: onnx.NodeProto, enc: TensorEncoding, constants: Mapping[str, onnx.TensorProto]) -> bool:
+    """Whether `node` is a Clip with constant bounds that the quantizer maps to qmin and qmax
+    anyway (a quarter-LSB margin for float rounding), so Q(Clip(x)) == Q(x) for every x."""
+    bounds = [*node.input[1:3], "", ""][:2]
+    if node.op_type != "Clip" or any(b and b not in constants for b in bounds):
+        return False
+    low, high = (float(numpy_helper.to_array(constants[b])) if b else d for b, d in zip(bounds, (-math.inf, math.inf), strict=True))
+    scale, zero_point = float(np.float32(enc.scale[0])), enc.zero_point[0]
+    return low / scale + zero_point <= enc.qmin + 0.25 and high / scale + zero_point >= enc.qmax - 0.25
+
+
 def _qdq_pair(
-    tensor: str, enc: TensorEncoding, taken: set[str]
+    tensor: str, enc: TensorEncoding, taken: set[str], *, source: str
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """Clip (for a grid narrower than its container), Q and DQ of `tensor`, reading `source`."""
     dtype = _activation_dtype(enc.bits, enc.signed)
     s_name = unique_name(taken, f"{tensor}_scale")
     z_name = unique_name(taken, f"{tensor}_zero_point")
@@ -226,13 +255,13 @@ def _qdq_pair(
         helper.make_tensor(z_name, dtype, [], [enc.zero_point[0]]),
     ]
     nodes = []
-    source = tensor
     if enc.bits not in ACTIVATION_CONTAINERS:
         low, high = quant_math.dequantize(np.array([enc.qmin, enc.qmax]), np.float32(enc.scale[0]), enc.zero_point[0])
         lo_name, hi_name = unique_name(taken, f"{tensor}_clip_min"), unique_name(taken, f"{tensor}_clip_max")
         inits += [numpy_helper.from_array(np.float32(low), lo_name), numpy_helper.from_array(np.float32(high), hi_name)]
-        source = unique_name(taken, f"{tensor}_clipped")
-        nodes.append(helper.make_node("Clip", [tensor, lo_name, hi_name], [source], name=unique_name(taken, f"{tensor}_Clip")))
+        clipped = unique_name(taken, f"{tensor}_clipped")
+        nodes.append(helper.make_node("Clip", [source, lo_name, hi_name], [clipped], name=unique_name(taken, f"{tensor}_Clip")))
+        source = clipped
     quantized = unique_name(taken, f"{tensor}_quantized")
     out = unique_name(taken, f"{tensor}_dequantized")
     nodes.append(helper.make_node("QuantizeLinear", [source, s_name, z_name], [quantized], name=unique_name(taken, f"{tensor}_QuantizeLinear")))

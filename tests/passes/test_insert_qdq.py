@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 from onnx import TensorProto, numpy_helper
 
@@ -258,3 +259,42 @@ def test_quantizer_before_flatten_feeds_the_gemm():
     assert nodes["flatten"].input[0] == "r_dequantized"
     assert nodes["fc"].input[0] == "f"
     assert nodes["fc"].input[1] == "fc_w_dequantized"
+
+
+def _input_clip(low: float, high: float) -> onnx.ModelProto:
+    #   x[N,3,4,4] ─ clip(low, high) ─► c ─ conv(w[2,3,1,1]) ─► y[N,2,4,4]
+    model = onnx.parser.parse_model(builders.HEADER + """
+        g (float[N,3,4,4] x) => (float[N,2,4,4] y) {
+            [clip] c = Clip (x, lo, hi)
+            [conv] y = Conv (c, w)
+        }""")
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.float32(low), "lo"), numpy_helper.from_array(np.float32(high), "hi"),
+        numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w"),
+    ])
+    return model
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "dropped"),
+    [
+        # the 8-bit quantizer of c: scale 0.5, zero point 2 -> its range is [0.5 * (0 - 2), 0.5 * (255 - 2)] = [-1, 126.5]
+        (-1.0, 126.5, True),  # the Clip's bounds are the quantizer's range: Q saturates there anyway
+        (-5.0, 1000.0, True),
+        (-0.9, 126.45, True),  # within a quarter LSB (0.125) of it: Q(-0.9) = 0 and Q(126.45) = 255 still
+        (-0.5, 126.5, False),  # one LSB above the lowest level: Q(Clip(x)) is 1 where Q(x) is 0
+        (-1.0, 126.0, False),
+    ],
+)
+def test_clip_of_a_graph_input_inside_the_quantizer_range_is_dropped(low, high, dropped):
+    # ONNX Runtime 1.19-1.20 cannot load graph input -> Clip -> QuantizeLinear when its ClipQuantFusion removes the Clip
+    encoding = TensorEncoding("c", 8, (0.5,), (2,), signed=False, symmetric=False)
+    qdq = insert_quantizers(_input_clip(low, high), Quantizers({}, {"c": encoding}), weights=WeightStorage.INTEGER)
+    ops = [(n.op_type, list(n.input)[:1]) for n in qdq.graph.node]
+    if dropped:
+        assert ops == [("QuantizeLinear", ["x"]), ("DequantizeLinear", ["c_quantized"]), ("Conv", ["c_dequantized"])]
+    else:
+        assert ops == [("Clip", ["x"]), ("QuantizeLinear", ["c"]), ("DequantizeLinear", ["c_quantized"]), ("Conv", ["c_dequantized"])]
+    x = np.linspace(-3, 130, 3 * 4 * 4 * 2, dtype=np.float32).reshape(2, 3, 4, 4)
+    expected = np.clip(np.round(np.clip(x, low, high) / 0.5) + 2, 0, 255) - 2
+    np.testing.assert_array_equal(oracles.run(qdq, {"x": x})["y"], np.float32(0.5) * expected.sum(axis=1, keepdims=True).repeat(2, axis=1))
