@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from onnxmp import apply as apply_step
-from onnxmp import bops, calib_data, hw_profile, model_io, pipeline, steps
+from onnxmp import bops, calib_data, hw_profile, model_io, pipeline, report_html, steps
 from onnxmp.calib_data import Preprocess
 from onnxmp.cli_options import Progress, RunOptions, common_options, run_options
 from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError, first_line
@@ -120,7 +120,7 @@ def _summary(result: Result) -> None:
     if point.predicted_sqnr_db == point.predicted_sqnr_db:
         click.echo(f"predicted SQNR    {point.predicted_sqnr_db:.2f} dB")
     if point.measured_sqnr_db is not None:
-        click.echo(f"measured SQNR     {point.measured_sqnr_db:.2f} dB")
+        click.echo(f"measured SQNR     {point.measured_sqnr_db:.2f} dB; deployed {report_html.deployed_note(point)}")
     if point.accuracy is not None:
         click.echo(f"accuracy          {point.accuracy:.2f}")
     if result.selection is not None:

@@ -22,6 +22,7 @@ from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.phase1.executors import executor_for
+from onnxmp.phase1.measure import measure
 from onnxmp.phase1.sensitivity import STORE_KIND, Phase1Context, Progress, sensitivity
 from onnxmp.records import Candidate, GroupAnalysis, ParetoCurve, Selection
 from onnxmp.run_records import Budget, Calibrated, Decision, Prepared, Result, Settings
@@ -183,8 +184,7 @@ def quantize(
     decision = decide(
         calibrated, budget, settings=settings, output_dir=Path(output_dir), evaluate=evaluate, progress=progress
     )
-    paths = emit(calibrated, decision, Path(output_dir), encodings_version=settings.encodings_version)
-    return Result.of(decision, paths)
+    return emit(calibrated, decision, Path(output_dir), settings=settings)
 
 
 def _parse_bits(text: str) -> Candidate:
@@ -194,8 +194,8 @@ def _parse_bits(text: str) -> Candidate:
         raise BudgetError(f"bits: {e}") from e
 
 
-def emit(calibrated: Calibrated, decision: Decision, output_dir: Path, *, encodings_version: str) -> dict[str, Path]:
-    """Write the deployable QDQ model and the run's records into `output_dir`."""
+def emit(calibrated: Calibrated, decision: Decision, output_dir: Path, *, settings: Settings) -> Result:
+    """Write the deployable QDQ model, measure it as deployed, and write the run's records."""
     from onnxmp import report
 
     prepared = calibrated.prepared
@@ -205,11 +205,29 @@ def emit(calibrated: Calibrated, decision: Decision, output_dir: Path, *, encodi
     )
     qdq = insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER)
     paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}
+    decision = _with_deployed_sqnr(decision, calibrated, paths["model"], settings.batch_size)
     user_set, absent = encodings_format.user_named(
         prepared.original, prepared.model, {**chosen.weights, **chosen.biases}, chosen.activations
     )
     paths["encodings"] = model_io.write_text(
-        encodings_format.to_json(user_set, version=encodings_version), output_dir / "encodings.json"
+        encodings_format.to_json(user_set, version=settings.encodings_version), output_dir / "encodings.json"
     )
     paths.update(report.write_all(prepared, decision, output_dir, absent=absent))
-    return paths
+    return Result.of(decision, paths)
+
+
+def _with_deployed_sqnr(decision: Decision, calibrated: Calibrated, model_path: Path, batch_size: int) -> Decision:
+    """The decision whose chosen point carries the SQNR of the written model run as a user runs
+    it (ONNX Runtime's QDQ rewrites on): one more pass over the calibration data.
+
+    Why: the search measures with those rewrites off, so it sees exactly the QDQ arithmetic;
+    what users get may differ (integer kernels, ONNX Runtime's own int32 biases), and the
+    report says by how much.
+    """
+    start = time.perf_counter()
+    deployed = measure(str(model_path), calibrated.calib, calibrated.reference, batch_size=batch_size, simulate=False)
+    point = replace(decision.point, deployed_sqnr_db=deployed.sqnr_db)
+    curve = tuple(point if p is decision.point else p for p in decision.curve)
+    selection = replace(decision.selection, point=point) if decision.selection is not None else None
+    timings = {**decision.timings, "deployed_check_s": time.perf_counter() - start}
+    return replace(decision, point=point, curve=curve, selection=selection, timings=timings)

@@ -270,6 +270,9 @@ class ParetoPoint:
     """One configuration on the curve: its cost, predicted quality and plan.
 
     `measured_sqnr_db` and `accuracy` are filled (in a new record) when measured.
+    `deployed_sqnr_db` (the written point only) is the same SQNR of the written model run as a
+    user runs it, ONNX Runtime with its QDQ rewrites on; it differs from `measured_sqnr_db`
+    where those rewrites compute differently (integer kernels, ONNX Runtime's own int32 biases).
     """
 
     bops_rel: float
@@ -277,6 +280,7 @@ class ParetoPoint:
     plan: Plan
     measured_sqnr_db: float | None = None
     accuracy: float | None = None
+    deployed_sqnr_db: float | None = None
 
 
 ParetoCurve = tuple[ParetoPoint, ...]

@@ -13,9 +13,9 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from onnxmp import bops, model_io
+from onnxmp import bops, model_io, versions
 from onnxmp.records import ParetoCurve, ParetoPoint, Plan, Selection, SensitivityTable
-from onnxmp.report_html import report_html
+from onnxmp.report_html import deployed_note, report_html
 from onnxmp.run_records import Decision, Prepared
 
 
@@ -45,6 +45,8 @@ def plan_json(prepared: Prepared, plan: Plan, point: ParetoPoint) -> dict:
         "bops_rel": _number(point.bops_rel),
         "predicted_sqnr_db": _number(point.predicted_sqnr_db),
         "measured_sqnr_db": _number(point.measured_sqnr_db),
+        "deployed_sqnr_db": _number(point.deployed_sqnr_db),
+        "onnxruntime": versions.versions()["onnxruntime"],
         "accuracy": _number(point.accuracy),
         "groups": groups,
         "float_ops": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in prepared.analysis.skipped],
@@ -85,6 +87,7 @@ def report_md(prepared: Prepared, plan: Plan, point: ParetoPoint, selection: Sel
         f"- groups: {len(prepared.analysis.groups)}, ops left in float: {len(prepared.analysis.skipped)}",
         f"- relative BOPs: {point.bops_rel:.4f}",
         f"- predicted SQNR: {_csv(point.predicted_sqnr_db)} dB, measured: {_csv(point.measured_sqnr_db)} dB",
+        f"- deployed SQNR: {deployed_note(point)}",
     ]
     if selection is not None:
         lines.append(f"- selection: {selection.method}, curve index {selection.index}, {selection.evaluations} evaluations")

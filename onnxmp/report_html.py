@@ -51,7 +51,7 @@ def report_html(prepared: Prepared, decision: Decision) -> str:
         f"<p>Profile <b>{_e(prepared.profile.name)}</b>: {len(prepared.analysis.groups)} groups, "
         f"{len(prepared.analysis.skipped)} ops left in float. Chosen point: relative BOPs "
         f"{point.bops_rel:.4f}, predicted SQNR {_db(point.predicted_sqnr_db)} dB, "
-        f"measured {_db(point.measured_sqnr_db)} dB.</p>",
+        f"measured {_db(point.measured_sqnr_db)} dB; deployed {_e(deployed_note(point))}.</p>",
         "<h2>Pareto curve</h2>", pareto,
         _table(("homogeneous", "relative BOPs", "predicted SQNR (dB)"),
                [(name, f"{x:.4f}", _db(y)) for name, x, y in baselines]) if baselines else "",
@@ -206,6 +206,18 @@ def _finite(value: float | None) -> bool:
 def _plottable(value: float) -> float:
     """Matplotlib cannot place ±inf; NaN leaves a gap instead."""
     return value if math.isfinite(value) else math.nan
+
+
+def deployed_note(point: ParetoPoint) -> str:
+    """The written model's SQNR in ONNX Runtime with its QDQ rewrites on, and how far that is
+    from the simulated (measured) SQNR: what users get against what onnxmp measured."""
+    if point.deployed_sqnr_db is None:
+        return "not measured"
+    text = f"{_db(point.deployed_sqnr_db)} dB in ONNX Runtime {versions.versions()['onnxruntime']} (default options)"
+    measured = point.measured_sqnr_db
+    if measured is not None and math.isfinite(measured) and math.isfinite(point.deployed_sqnr_db):
+        text += f", {point.deployed_sqnr_db - measured:+.2f} dB against the simulation"
+    return text
 
 
 def _db(value: float | None) -> str:

@@ -16,6 +16,7 @@ DEPLOY_LOSS_DB of what onnxmp measured (never far worse).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -59,12 +60,12 @@ class Runs:
 
     def __init__(self, model, calib, root: Path, feeds: dict[str, np.ndarray]):
         self.model, self.calib, self.root, self.feeds = model, calib, root, feeds
-        self.paths: dict[tuple[str, str], Path] = {}
+        self.results: dict[tuple[str, str], onnxmp.Result] = {}
         self.stores: dict[str, Path] = {}
         self.float_outputs = runtime.session(model).run(None, feeds)
 
-    def model_path(self, profile: str, config: str) -> Path:
-        if (profile, config) not in self.paths:
+    def result(self, profile: str, config: str) -> onnxmp.Result:
+        if (profile, config) not in self.results:
             out = self.root / f"{profile}-{config}"
             out.mkdir()
             if config.startswith("W"):
@@ -75,12 +76,13 @@ class Runs:
                 budget = float(config.removeprefix("bops"))
                 result = onnxmp.quantize(self.model, profile=profile, calib=self.calib, output_dir=out, target_bops=budget)
                 self.stores[profile] = out / "phase1.jsonl"
-            self.paths[(profile, config)] = result.paths["model"]
-        return self.paths[(profile, config)]
+            self.results[(profile, config)] = result
+        return self.results[(profile, config)]
 
 
-def check_deploys(runs: Runs, profile: str, config: str, label: str) -> None:
-    path = str(runs.model_path(profile, config))
+def check_deploys(runs: Runs, profile: str, config: str, label: str) -> float:
+    """Load and run the written model as a user would; return its SQNR against the float model."""
+    path = str(runs.result(profile, config).paths["model"])
     try:
         deployed = ort.InferenceSession(path).run(None, runs.feeds)  # default options, as a user would
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
@@ -93,6 +95,7 @@ def check_deploys(runs: Runs, profile: str, config: str, label: str) -> None:
         print(f"{label} | {profile} | {config} | loads | simulated {sim_db:.2f} dB | deployed {dep_db:.2f} dB "
               f"| deployed vs simulated {drift_db:.1f} dB | onnxruntime {ort.__version__}")
         assert dep_db >= sim_db - DEPLOY_LOSS_DB
+    return dep_db
 
 
 @pytest.fixture(scope="module")
@@ -148,4 +151,12 @@ def test_conv_clip_conv_deploys(tmp_path, bits):
     feeds = {"x": rng.uniform(-0.5, 1.5, (16, 3, 6, 6)).astype(np.float32)}
     model = _clip_between_convs()
     runs = Runs(model, feeds, tmp_path, feeds)
-    check_deploys(runs, "research", bits, "Conv-Clip-Conv")
+    deployed_db = check_deploys(runs, "research", bits, "Conv-Clip-Conv")
+    # the run measured the same: its calibration data are these feeds
+    result = runs.result("research", bits)
+    assert result.point.deployed_sqnr_db == pytest.approx(deployed_db, abs=0.01)
+    plan = json.loads(result.paths["plan"].read_text())
+    assert plan["deployed_sqnr_db"] == pytest.approx(deployed_db, abs=0.01)
+    assert plan["onnxruntime"] == ort.__version__
+    report = result.paths["report"].read_text()
+    assert f"- deployed SQNR: {result.point.deployed_sqnr_db:.2f} dB in ONNX Runtime {ort.__version__}" in report

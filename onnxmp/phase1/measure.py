@@ -46,24 +46,31 @@ def reference_outputs(model: onnx.ModelProto, calib: CalibrationSet, *, batch_si
 
 
 def measure(
-    model: onnx.ModelProto, calib: CalibrationSet, reference: Mapping[str, np.ndarray], *, batch_size: int
+    model: onnx.ModelProto | str,
+    calib: CalibrationSet,
+    reference: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    simulate: bool = True,
 ) -> OutputNoise:
-    """Signal and noise of the whole `model`'s outputs against the float `reference`."""
+    """Signal and noise of the whole `model`'s outputs (a model or its path) against the float
+    `reference`; `simulate=False` runs it as deployed (ONNX Runtime's QDQ rewrites on)."""
     chunks = zip(range(0, calib.num_samples, batch_size), calib.batches(batch_size), strict=True)
-    return measure_chunks(model, chunks, reference, signal_of(reference))
+    return measure_chunks(model, chunks, reference, signal_of(reference), simulate=simulate)
 
 
 def measure_chunks(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | str,
     chunks: Iterator[Chunk],
     reference: Mapping[str, np.ndarray],
     signal: Mapping[str, float],
     *,
     threads: int | None = None,
+    simulate: bool = True,
 ) -> OutputNoise:
     """Noise of the outputs against the float reference; outputs `model` lacks add signal only."""
     noise = dict.fromkeys(reference, 0.0)
-    sess = runtime.session(model, threads=threads, shared_arena=True)
+    sess = runtime.session(model, threads=threads, shared_arena=True, simulate=simulate)
     names = [o.name for o in sess.get_outputs()]
     for start, feeds in chunks:
         for name, got in zip(names, sess.run(names, feeds), strict=True):
