@@ -10,8 +10,12 @@ Rule cases:
    `WeightStorage.FAKE_FLOAT` the float initializer is replaced by its dequantized values
    instead (same numbers, no extra node: the fast path of phase 1).
 2. An activation gets one Q->DQ pair at the tensor, shared by all its consumers: 2-8 bits
-   in uint8, 9-16 in uint16 (int8/int16 for symmetric schemes). Widths narrower than their
-   container get a Clip to the exact range first, so 4- and 6-bit are simulated exactly.
+   in uint8, 9-16 in uint16 (int16 for signed grids). A signed 2-8-bit grid is stored in
+   uint8 with its zero point shifted by 128 (the same numbers, as ONNX Runtime's own
+   S8->U8 rewrite does): with int8 activations ONNX Runtime 1.32 fails to load a model with a
+   MaxPool, where its QDQ propagation and that rewrite disagree on the zero point's type.
+   Widths narrower than their container get a Clip to the exact range first, so 4- and
+   6-bit are simulated exactly.
    Never uint4/int4: ONNX Runtime (1.32, default options) fuses a 4-bit activation DQ into
    QLinearConv or an integer MaxPool, which reject 4-bit types (the model does not load),
    and its Clip->QuantizeLinear rewrite throws on a 4-bit zero point.
@@ -193,10 +197,11 @@ def activation_container(bits: int) -> int:
     return next(c for c in ACTIVATION_CONTAINERS if bits <= c)
 
 
-def _activation_dtype(bits: int, signed: bool) -> int:
-    if activation_container(bits) == 8:
-        return TensorProto.INT8 if signed else TensorProto.UINT8
-    return TensorProto.INT16 if signed else TensorProto.UINT16
+def _activation_storage(enc: TensorEncoding) -> tuple[int, int]:
+    """The integer type and the stored zero point of an activation (rule 2)."""
+    if activation_container(enc.bits) == 8:
+        return TensorProto.UINT8, enc.zero_point[0] + (128 if enc.signed else 0)
+    return (TensorProto.INT16 if enc.signed else TensorProto.UINT16), enc.zero_point[0]
 
 
 def _fake_quantized(init: onnx.TensorProto, enc: TensorEncoding) -> onnx.TensorProto:
@@ -247,12 +252,12 @@ def _qdq_pair(
     tensor: str, enc: TensorEncoding, taken: set[str], *, source: str
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     """Clip (for a grid narrower than its container), Q and DQ of `tensor`, reading `source`."""
-    dtype = _activation_dtype(enc.bits, enc.signed)
+    dtype, zero_point = _activation_storage(enc)
     s_name = unique_name(taken, f"{tensor}_scale")
     z_name = unique_name(taken, f"{tensor}_zero_point")
     inits = [
         numpy_helper.from_array(np.asarray(enc.scale[0], np.float32), s_name),
-        helper.make_tensor(z_name, dtype, [], [enc.zero_point[0]]),
+        helper.make_tensor(z_name, dtype, [], [zero_point]),
     ]
     nodes = []
     if enc.bits not in ACTIVATION_CONTAINERS:

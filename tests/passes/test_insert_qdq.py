@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -170,26 +172,34 @@ def test_6_bit_activation_is_clipped_to_64_levels():
     )
 
 
+UNSIGNED = TensorEncoding("x", 8, (0.5,), (3,), signed=False, symmetric=False)
+SIGNED = TensorEncoding("x", 8, (0.5,), (0,), signed=True, symmetric=True)
+
+
 @pytest.mark.parametrize(
-    ("bits", "dtype", "clip"),
+    ("encoding", "bits", "dtype", "zero_point", "clip"),
     [
-        # scale 0.5, zero point 3: the grid q in [0, 2^bits - 1] spans [0.5 * (0 - 3), 0.5 * (2^bits - 1 - 3)]
-        (2, TensorProto.UINT8, (-1.5, 0.0)),
-        (4, TensorProto.UINT8, (-1.5, 6.0)),  # never uint4: ONNX Runtime fuses it into kernels that reject it
-        (6, TensorProto.UINT8, (-1.5, 30.0)),
-        (8, TensorProto.UINT8, None),
-        (12, TensorProto.UINT16, (-1.5, 2046.0)),
-        (16, TensorProto.UINT16, None),
+        # unsigned, scale 0.5, zero point 3: q in [0, 2^bits - 1] spans [0.5 * (0 - 3), 0.5 * (2^bits - 1 - 3)]
+        (UNSIGNED, 2, TensorProto.UINT8, 3, (-1.5, 0.0)),
+        (UNSIGNED, 4, TensorProto.UINT8, 3, (-1.5, 6.0)),  # never uint4: ONNX Runtime fuses it into kernels that reject it
+        (UNSIGNED, 6, TensorProto.UINT8, 3, (-1.5, 30.0)),
+        (UNSIGNED, 8, TensorProto.UINT8, 3, None),
+        (UNSIGNED, 12, TensorProto.UINT16, 3, (-1.5, 2046.0)),
+        (UNSIGNED, 16, TensorProto.UINT16, 3, None),
+        # signed symmetric, scale 0.5: q in [-(2^(bits-1) - 1), 2^(bits-1) - 1]; 8-bit containers store q + 128
+        (SIGNED, 4, TensorProto.UINT8, 128, (-3.5, 3.5)),
+        (SIGNED, 8, TensorProto.UINT8, 128, None),
+        (SIGNED, 12, TensorProto.INT16, 0, (-1023.5, 1023.5)),
     ],
 )
-def test_activation_containers(bits, dtype, clip):
+def test_activation_containers(encoding, bits, dtype, zero_point, clip):
     canon = builders.canonical(builders.conv_relu())
-    encoding = TensorEncoding("x", bits, (0.5,), (3,), signed=False, symmetric=False)
-    qdq = insert_quantizers(canon.model, Quantizers({}, {"x": encoding}), weights=WeightStorage.INTEGER)
+    quantizers = Quantizers({}, {"x": replace(encoding, bits=bits)})
+    qdq = insert_quantizers(canon.model, quantizers, weights=WeightStorage.INTEGER)
     inits = {i.name: i for i in qdq.graph.initializer}
     (q,) = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear"]
     assert inits[q.input[2]].data_type == dtype
-    assert int(numpy_helper.to_array(inits[q.input[2]])) == 3
+    assert int(numpy_helper.to_array(inits[q.input[2]])) == zero_point
     clips = [n for n in qdq.graph.node if n.op_type == "Clip"]
     if clip is None:
         assert (clips, q.input[0]) == ([], "x")
