@@ -13,10 +13,11 @@ from onnx import TensorProto, numpy_helper
 from onnxmp import graph as graph_index
 from onnxmp import hw_profile, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
+from onnxmp.encodings import EncodingSet
 from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.insert_qdq import Quantizers, WeightStorage, insert_qdq, insert_quantizers
+from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq, insert_quantizers
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.records import Candidate, Plan, TensorEncoding
+from onnxmp.records import Candidate, Grid, Plan, TensorEncoding
 from tests import builders, oracles
 
 # float_fallbacks reads a weight as a graph input without a batch dim: it cannot be calibrated
@@ -172,8 +173,8 @@ def test_6_bit_activation_is_clipped_to_64_levels():
     )
 
 
-UNSIGNED = TensorEncoding("x", 8, (0.5,), (3,), signed=False, symmetric=False)
-SIGNED = TensorEncoding("x", 8, (0.5,), (0,), signed=True, symmetric=True)
+UNSIGNED = TensorEncoding("x", 8, (0.5,), (3,), Grid.ASYMMETRIC_UNSIGNED)
+SIGNED = TensorEncoding("x", 8, (0.5,), (0,), Grid.SYMMETRIC_SIGNED)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +195,7 @@ SIGNED = TensorEncoding("x", 8, (0.5,), (0,), signed=True, symmetric=True)
 )
 def test_activation_containers(encoding, bits, dtype, zero_point, clip):
     canon = builders.canonical(builders.conv_relu())
-    quantizers = Quantizers({}, {"x": replace(encoding, bits=bits)})
+    quantizers = EncodingSet({}, {"x": replace(encoding, bits=bits)})
     qdq = insert_quantizers(canon.model, quantizers, weights=WeightStorage.INTEGER)
     inits = {i.name: i for i in qdq.graph.initializer}
     (q,) = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear"]
@@ -298,8 +299,8 @@ def _input_clip(low: float, high: float) -> onnx.ModelProto:
 )
 def test_clip_of_a_graph_input_inside_the_quantizer_range_is_dropped(low, high, dropped):
     # ONNX Runtime 1.19-1.20 cannot load graph input -> Clip -> QuantizeLinear when its ClipQuantFusion removes the Clip
-    encoding = TensorEncoding("c", 8, (0.5,), (2,), signed=False, symmetric=False)
-    qdq = insert_quantizers(_input_clip(low, high), Quantizers({}, {"c": encoding}), weights=WeightStorage.INTEGER)
+    encoding = TensorEncoding("c", 8, (0.5,), (2,), Grid.ASYMMETRIC_UNSIGNED)
+    qdq = insert_quantizers(_input_clip(low, high), EncodingSet({}, {"c": encoding}), weights=WeightStorage.INTEGER)
     ops = [(n.op_type, list(n.input)[:1]) for n in qdq.graph.node]
     if dropped:
         assert ops == [("QuantizeLinear", ["x"]), ("DequantizeLinear", ["c_quantized"]), ("Conv", ["c_dequantized"])]
