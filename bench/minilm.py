@@ -31,10 +31,9 @@ from onnxruntime import quantization as ortq
 sys.path.insert(0, str(Path(__file__).parent))
 import stsb  # noqa: E402
 
-from onnxmp import bops, pipeline, runtime  # noqa: E402
-from onnxmp.passes.calibrate import calibrate  # noqa: E402
+from onnxmp import inputs, pipeline, run_records, runtime, steps  # noqa: E402
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers, quantizers_for  # noqa: E402
-from onnxmp.phase1.sensitivity import reference_outputs, sensitivity  # noqa: E402
+from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
 from onnxmp.records import Candidate, SensitivityTable  # noqa: E402
 from onnxmp.search import select_by_bops  # noqa: E402
 from onnxmp.search.greedy import pareto_curve  # noqa: E402
@@ -44,6 +43,7 @@ BUDGETS = (0.375, 0.3)
 SEQ = 128
 THREADS = 2
 RUNS = {1: (3, 30), 32: (1, 5)}  # batch -> (warm-ups, timed runs)
+SETTINGS = run_records.Settings()
 
 
 class _Reader(ortq.CalibrationDataReader):
@@ -75,53 +75,54 @@ def ort_baselines(work: Path, data) -> list[tuple]:
     return rows
 
 
-def setup(profile_name: str, calib):
-    model, profile, calib = pipeline.load_inputs(str(stsb.MODEL), profile_name, calib)
-    prepared = pipeline.prepare(model, profile, calib)
-    encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=profile)
-    return prepared, encodings
+def setup(profile_name: str, calib) -> run_records.Calibrated:
+    model, profile, calib = inputs.load_inputs(str(stsb.MODEL), profile_name, calib)
+    return steps.calibrate_ranges(steps.prepare(model, profile, calib), calib, SETTINGS)
 
 
-def row(name: str, label: str, plan, prepared, encodings, context) -> tuple:
-    calib, reference, data, table = context
-    point = pipeline.point_of(plan, prepared, table)
-    measured = pipeline.measured_sqnr(prepared, plan, encodings, calib, reference, 16)
-    score = stsb.score(pipeline.simulate(prepared, plan, encodings), data)
+def row(name: str, label: str, plan, calibrated: run_records.Calibrated, data, table=None) -> tuple:
+    prepared = calibrated.prepared
+    point = steps.point_of(plan, prepared, table)
+    measured = steps.measured_sqnr(calibrated, plan, SETTINGS.batch_size)
+    score = stsb.score(steps.simulate(prepared, plan, calibrated.encodings), data)
     print(f"  {name:<16} {label:<8} BOPs {point.bops_rel:.4f} pred {point.predicted_sqnr_db:6.2f} "
           f"meas {measured:6.2f} Spearman {score:.2f}", flush=True)
     return (name, label, point.bops_rel, point.predicted_sqnr_db, measured, score)
 
 
-def homogeneous_rows(name: str, calib, reference, data) -> list[tuple]:
-    prepared, encodings = setup(name, calib)
+def homogeneous_rows(name: str, calib, data) -> list[tuple]:
+    calibrated = setup(name, calib)
+    prepared = calibrated.prepared
     groups = prepared.analysis.groups
     print(f"[{name}] {len(groups)} groups ({sum(not g.weights for g in groups)} without weights), "
           f"{len(prepared.analysis.skipped)} ops left in float, MACs/sample {sum(prepared.macs.values()) / 1e6:.1f} M", flush=True)
-    context = (calib, reference, data, None)
-    return [row(name, bits, pipeline.homogeneous_plan(prepared.analysis, Candidate.parse(bits), prepared.profile),
-                prepared, encodings, context) for bits in HOMOGENEOUS[name]]
+    return [row(name, bits, run_records.homogeneous_plan(prepared.analysis, Candidate.parse(bits), prepared.profile),
+                calibrated, data) for bits in HOMOGENEOUS[name]]
 
 
-def mixed_rows(calib, reference, data, store_dir: Path) -> list[tuple]:
-    prepared, encodings = setup("research", calib)
-    store = pipeline.open_store(store_dir, prepared, pipeline.Settings())
+def mixed_rows(calib, data, store_dir: Path) -> list[tuple]:
+    research = setup("research", calib)
+    prepared = research.prepared
+    store = pipeline.open_store(store_dir, prepared, SETTINGS)
     evaluations = sum(len(g.candidates) for g in prepared.analysis.groups)
+    context = Phase1Context(prepared.model, prepared.analysis, research.encodings, research.calib, research.reference,
+                            SETTINGS.batch_size, prepared.profile.quantize_bias)
     start = time.perf_counter()
-    table = sensitivity(prepared.model, prepared.analysis, encodings, calib, store=store, batch_size=16, reference=reference)
+    table = sensitivity(context, store=store)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"[phase 1, research] {evaluations} evaluations in {seconds:.0f} s ({evaluations / seconds:.2f}/s), "
           f"process peak RSS {peak:.0f} MiB", flush=True)
-    rows = []
-    npu, npu_encodings = setup("npu", calib)
+    npu = setup("npu", calib)
     npu_table = SensitivityTable({
-        (g.id, c): table.of(g.id, c) for g in npu.analysis.groups for c in g.candidates
+        (g.id, c): table.of(g.id, c) for g in npu.prepared.analysis.groups for c in g.candidates
     })
-    for name, prep, enc, tab in (("research", prepared, encodings, table), ("npu", npu, npu_encodings, npu_table)):
+    rows = []
+    for name, calibrated, tab in (("research", research, table), ("npu", npu, npu_table)):
+        prep = calibrated.prepared
         curve = pareto_curve(tab, prep.analysis.groups, prep.group_bops, prep.reference_bops)
         for budget in BUDGETS:
-            plan = select_by_bops(curve, budget).point.plan
-            rows.append(row(name, f"MP@{budget:g}", plan, prep, enc, (calib, reference, data, tab)))
+            rows.append(row(name, f"MP@{budget:g}", select_by_bops(curve, budget).point.plan, calibrated, data, tab))
     return rows
 
 
@@ -137,9 +138,12 @@ def median_ms(sess, feeds, warmups: int, runs: int) -> float:
 
 
 def latency(calib, data, work: Path) -> None:
-    prepared, encodings = setup("npu", calib)
-    plan = pipeline.homogeneous_plan(prepared.analysis, Candidate(8, 8), prepared.profile)
-    chosen = quantizers_for(prepared.model, prepared.analysis, plan, encodings, quantize_bias=prepared.profile.quantize_bias)
+    calibrated = setup("npu", calib)
+    prepared = calibrated.prepared
+    plan = run_records.homogeneous_plan(prepared.analysis, Candidate(8, 8), prepared.profile)
+    chosen = quantizers_for(
+        prepared.model, prepared.analysis, plan, calibrated.encodings, quantize_bias=prepared.profile.quantize_bias
+    )
     deployed = work / "onnxmp_w8a8.onnx"
     onnx.save(insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER), str(deployed))
     print(f"  onnxmp W8A8 (npu) deployed, ORT integer kernels: Spearman {stsb.score(str(deployed), data, simulate=False):.2f}")
@@ -180,14 +184,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         rows = ort_baselines(work, data)
-        prepared, _ = setup("npu", calib)
-        reference = reference_outputs(prepared.model, calib, batch_size=16)
-        print(f"MACs/sample at the calibration length 41: {sum(bops.macs_per_op(prepared.graph).values())} "
-              f"symbolic, {sum(prepared.macs.values())} concrete", flush=True)
         for name in HOMOGENEOUS:
-            rows += homogeneous_rows(name, calib, reference, data)
+            rows += homogeneous_rows(name, calib, data)
         if not args.skip_mixed:
-            rows += mixed_rows(calib, reference, data, Path(args.store_dir))
+            rows += mixed_rows(calib, data, Path(args.store_dir))
         print("\nall-MiniLM-L6-v2, calibration stsb_minilm_calib (256), Spearman x100 on stsb_minilm_test (1379 pairs)")
         print(f"| {'profile':<16} | {'configuration':<34} | {'rel. BOPs':>9} | {'pred. SQNR dB':>13} | "
               f"{'meas. SQNR dB':>13} | {'Spearman':>8} |")

@@ -75,7 +75,7 @@ def _fold_shape_arithmetic(model: onnx.ModelProto) -> bool:
     Returns whether anything was replaced.
     """
     graph = model.graph
-    known = {t.name: numpy_helper.to_array(t) for t in graph.initializer if not model_io.is_stub(t)}
+    known = {t.name: numpy_helper.to_array(t) for t in graph.initializer if not large_model.is_stub(t)}
     shapes = build(model).shapes
     kept, folded = [], []
     for node in graph.node:

@@ -22,6 +22,7 @@ import onnx
 from onnx import helper
 
 from onnxmp.graph import DataflowGraph, all_names, build, unique_name
+from onnxmp.large_model import SizeLimits
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,13 @@ GELU_OPSET = 20
 _TOLERANCE = 1e-4
 
 
-def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of `model` with every erf-form GELU (rule cases above) replaced by Gelu."""
+def fuse_gelu(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> onnx.ModelProto:
+    """Return a copy of `model` with every erf-form GELU (rule cases above) replaced by Gelu.
+
+    `limits` is accepted like every canonicalization pass takes it; this pass hands no model
+    to C++ (it reads only scalar constants), so large models need no weightless copy.
+    """
+    del limits
     result = onnx.ModelProto()
     result.CopyFrom(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -92,7 +98,7 @@ def _scalar_operand(graph: DataflowGraph, node: onnx.NodeProto, expected: dict[s
         if graph.is_constant(constant) and not graph.is_constant(variable):
             value = graph.constant(constant)
             if value.size == 1 and np.isclose(float(value.ravel()[0]), expected[node.op_type], rtol=_TOLERANCE):
-                return variable
+                return str(variable)
     return None
 
 

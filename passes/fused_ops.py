@@ -85,10 +85,10 @@ def fused_ops(graph: DataflowGraph, profile: HwProfile, is_quantized: Callable[[
             else:
                 reasons[name] = f"adds the attention mask {mask!r} (from model inputs only): runs in float"
             continue
-        kernel = _epilogue_of(graph, node, joins, is_quantized)
-        if kernel is not None:
-            joins[name] = kernel
-            internal.add(_produced_input(graph, node))
+        epilogue = _epilogue_of(graph, node, joins, is_quantized)
+        if epilogue is not None:
+            joins[name], produced = epilogue
+            internal.add(produced)
     return FusedOps(MappingProxyType(joins), frozenset(internal), masks, MappingProxyType(reasons))
 
 
@@ -103,8 +103,10 @@ def mask_tensors(graph: DataflowGraph) -> frozenset[str]:
     return frozenset(t for t in derived if graph.is_float(t))
 
 
-def _epilogue_of(graph: DataflowGraph, node, joins: Mapping[str, str], is_quantized) -> str | None:
-    """The kernel op `node` is an epilogue of (rule 1), or None."""
+def _epilogue_of(
+    graph: DataflowGraph, node: onnx.NodeProto, joins: Mapping[str, str], is_quantized: Callable[[onnx.NodeProto], bool]
+) -> tuple[str, str] | None:
+    """(the kernel op `node` is an epilogue of (rule 1), the tensor it reads from it), or None."""
     if node.op_type not in _BIAS_OPS | _SCALE_OPS or len(node.input) != 2:
         return None
     produced = _produced_input(graph, node)
@@ -114,21 +116,23 @@ def _epilogue_of(graph: DataflowGraph, node, joins: Mapping[str, str], is_quanti
     if node.op_type in _SCALE_OPS and constant != node.input[1]:
         return None  # c / x is not a scaling
     producer = graph.producer(produced)
+    if producer is None:
+        return None
     kernel = joins.get(producer.name) if producer.op_type not in KERNEL_OPS else producer.name
     if kernel is None or not is_quantized(graph.nodes[kernel]):
         return None
     if not _is_channel_constant(graph, constant, produced, scalar_only=node.op_type in _SCALE_OPS):
         return None
-    return kernel
+    return kernel, produced
 
 
-def _produced_input(graph: DataflowGraph, node) -> str | None:
+def _produced_input(graph: DataflowGraph, node: onnx.NodeProto) -> str | None:
     """The one non-constant input of a binary op with one constant input, else None."""
     variable = [t for t in node.input if t and not graph.is_constant(t)]
     constant = [t for t in node.input if t and graph.is_constant(t)]
     if len(variable) != 1 or len(constant) != 1 or graph.producer(variable[0]) is None:
         return None
-    return variable[0]
+    return str(variable[0])
 
 
 def _is_channel_constant(graph: DataflowGraph, constant: str, tensor: str, *, scalar_only: bool) -> bool:
@@ -145,6 +149,6 @@ def _is_channel_constant(graph: DataflowGraph, constant: str, tensor: str, *, sc
     return len(wide) == 1 and shape[aligned] == value.shape[wide[0]]
 
 
-def _sole_consumer(graph: DataflowGraph, tensor: str):
+def _sole_consumer(graph: DataflowGraph, tensor: str) -> onnx.NodeProto | None:
     consumers = graph.consumers(tensor)
     return consumers[0] if len(consumers) == 1 and tensor not in graph.graph_outputs else None
