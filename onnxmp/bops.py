@@ -4,7 +4,10 @@ Why: the search trades accuracy for cost, and the cost a device pays scales with
 multiply-accumulates times operand bit-widths: BOPs = sum over ops of MACs * b_w * b_a
 (b_a1 * b_a2 for activation x activation MatMul). Relative BOPs divide by the same model
 with every quantized op at W8A16, so W8A8 everywhere is 0.5 and W4A8 everywhere 0.25.
-MACs are counted per sample (batch 1), with symbolic dims taken from the calibration data.
+MACs are counted per sample (batch 1) at the shapes the run sees: symbolic dims are taken
+from the calibration data (or `onnxmp groups --input-shape`), and shape arithmetic that
+reads them (Shape -> Gather -> Unsqueeze -> Slice of a position-id table, as transformer
+exports have) is evaluated so that no MatMul is left with an unknown sequence length.
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import shape_inference
+from onnx import numpy_helper, shape_inference
+from onnx.reference import ReferenceEvaluator
 
 from onnxmp import large_model
 from onnxmp.graph import ATTR_TRANS_A, DataflowGraph, build, get_attribute
 from onnxmp.records import Candidate, GroupAnalysis, Plan, QuantizerGroup
 
 REFERENCE = Candidate(8, 16)
+# Ops of shape arithmetic that `concrete_graph` evaluates when all their inputs are known
+# integer constants (their outputs are small integer tensors: shapes, indices, lengths).
+_SHAPE_OPS = frozenset({
+    "Cast", "Concat", "ConstantOfShape", "Div", "Equal", "Expand", "Gather", "Mul", "Add", "Sub",
+    "Range", "Reshape", "Slice", "Squeeze", "Unsqueeze", "Where", "Min", "Max", "ReduceProd",
+})
+_SHAPE_VALUE_MAX = 4096  # elements: larger integer results are data, not shapes
+_FOLD_ROUNDS = 4
 
 
 def concrete_graph(
@@ -27,6 +39,10 @@ def concrete_graph(
 ) -> DataflowGraph:
     """Index of a copy of `model` whose inputs have the given shapes (batch forced to 1).
 
+    Shape inference alone leaves a dynamic sequence axis unknown when it reaches a MatMul
+    through a Slice whose end is computed (Shape -> Gather -> Unsqueeze): ONNX reads Slice
+    bounds only from constants. So the integer shape arithmetic is evaluated and written
+    into the copy as constants, and shapes are inferred again, until nothing changes.
     The index is for MACs, which need names, dims and op types only: a large model
     (`large_model.is_large` under `limits`) is copied without its weights (shapes and small vectors stay inline).
     """
@@ -44,7 +60,56 @@ def concrete_graph(
         for dim, value in zip(dims, shape, strict=True):
             dim.Clear()
             dim.dim_value = int(value)
-    return build(shape_inference.infer_shapes(fixed, data_prop=True))
+    inferred = shape_inference.infer_shapes(fixed, data_prop=True)
+    for _ in range(_FOLD_ROUNDS):
+        if not _fold_shape_arithmetic(inferred):
+            break
+        del inferred.graph.value_info[:]
+        inferred = shape_inference.infer_shapes(inferred, data_prop=True)
+    return build(inferred)
+
+
+def _fold_shape_arithmetic(model: onnx.ModelProto) -> bool:
+    """Replace (in place) Shape of known shapes and integer shape ops on constants by initializers.
+
+    Returns whether anything was replaced.
+    """
+    graph = model.graph
+    known = {t.name: numpy_helper.to_array(t) for t in graph.initializer if not large_model.is_stub(t)}
+    shapes = build(model).shapes
+    kept, folded = [], []
+    for node in graph.node:
+        value = _shape_value(node, known, shapes)
+        if value is None:
+            kept.append(node)
+            continue
+        known[node.output[0]] = value
+        folded.append(numpy_helper.from_array(value, node.output[0]))
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(folded)
+    return bool(folded)
+
+
+def _shape_value(node: onnx.NodeProto, known: Mapping[str, np.ndarray], shapes) -> np.ndarray | None:
+    """The value of `node`'s single output if it is shape arithmetic on known values, else None."""
+    if len(node.output) != 1:
+        return None
+    if node.op_type == "Shape":
+        shape = shapes.get(node.input[0])
+        if shape is None or not all(isinstance(d, int) for d in shape) or node.attribute:
+            return None
+        return np.array(shape, np.int64)
+    if node.op_type not in _SHAPE_OPS or not all(t in known for t in node.input if t):
+        return None
+    if not all(known[t].dtype.kind in "iub" for t in node.input if t):
+        return None
+    (value,) = ReferenceEvaluator(node).run(None, {t: known[t] for t in node.input if t})
+    value = np.asarray(value)
+    if value.dtype.kind not in "iub" or value.size > _SHAPE_VALUE_MAX:
+        return None
+    return value
 
 
 def macs_per_op(graph: DataflowGraph) -> dict[str, int]:

@@ -163,17 +163,42 @@ def apply(model_path: str, encodings_path: str, output_dir: str, verbose: int, d
     click.echo(f"model             {path}")
 
 
+def _input_shape(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """`name=1x128` (repeatable) -> {name: (1, 128)}."""
+    shapes = {}
+    for value in values:
+        name, _, dims = value.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: expected NAME=DxDx... such as input_ids=1x128") from None
+        if not name or any(d < 1 for d in shapes[name]):
+            raise click.BadParameter(f"{value!r}: expected NAME=DxDx... such as input_ids=1x128")
+    return shapes
+
+
 @main.command()
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--profile", required=True, help="Built-in profile name or a YAML path.")
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False),
+              help="Calibration .npz/.npy: MACs at its samples' shapes (per sample).")
+@click.option("--input-shape", "input_shapes", multiple=True, callback=_input_shape,
+              help="NAME=1x128 (repeatable): MACs at this input shape; unknown dims otherwise count as 1.")
 @common_options
 @handle_errors
-def groups(model_path: str, profile: str, verbose: int, debug: bool) -> None:
+def groups(
+    model_path: str, profile: str, calib: str | None, input_shapes: dict[str, tuple[int, ...]], verbose: int, debug: bool
+) -> None:
     """List the quantizer groups of MODEL_PATH and the ops left in float, with reasons."""
     _setup_logging(verbose, debug)
-    prepared = steps.prepare(model_io.load(model_path), hw_profile.load_profile(profile), None, verify=debug)
+    model = model_io.load(model_path)
+    samples = calib_data.load_arrays(calib, model) if calib is not None else None
+    prepared = steps.prepare(
+        model, hw_profile.load_profile(profile), samples, verify=debug, input_shapes=input_shapes
+    )
     analysis = prepared.analysis
-    click.echo(f"{len(analysis.groups)} groups on profile {prepared.profile.name}")
+    click.echo(f"{len(analysis.groups)} groups on profile {prepared.profile.name}, "
+               f"{sum(prepared.macs.values())} MACs per sample")
     for group in analysis.groups:
         share = 100 * bops.macs_share(group, prepared.macs)
         click.echo(f"- {group.id}  [{' '.join(map(str, group.candidates))}]  MACs {share:.2f}%")

@@ -97,8 +97,8 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
     op_kernels = {}
     for op_type, kernel_list in _mapping(raw, "op_kernels", where).items():
         key = f"op_kernels.{op_type}"
-        parsed = _parse_kernels(kernel_list, where, key)
-        missing = [str(k) for k in parsed if k not in kernels]
+        parsed = _parse_kernels(kernel_list, where, key, activation_only=True)
+        missing = [str(k) for k in parsed if k.w_bits is not None and k not in kernels]
         if missing:
             raise ProfileError(f"{where}: {key}: {missing[0]} is not one of the profile's kernels")
         op_kernels[op_type] = parsed
@@ -138,7 +138,8 @@ def _require(raw: Mapping, key: str, where: str) -> object:
     return raw[key]
 
 
-def _parse_kernels(value: object, where: str, key: str) -> tuple[Candidate, ...]:
+def _parse_kernels(value: object, where: str, key: str, *, activation_only: bool = False) -> tuple[Candidate, ...]:
+    """Kernels such as W4A8; with `activation_only`, also A16 (an op without weights, e.g. Softmax)."""
     if not isinstance(value, list) or not value:
         raise ProfileError(f"{where}: {key}: expected a non-empty list such as [W8A8, W4A8]")
     kernels = []
@@ -147,9 +148,9 @@ def _parse_kernels(value: object, where: str, key: str) -> tuple[Candidate, ...]
             kernel = Candidate.parse(str(item))
         except ValueError:
             raise ProfileError(f"{where}: {key}[{i}]: unknown {item!r} (expected e.g. 'W4A8')") from None
-        if kernel.w_bits is None:
+        if kernel.w_bits is None and not activation_only:
             raise ProfileError(f"{where}: {key}[{i}]: {item!r} has no weight bits (expected e.g. 'W4A8')")
-        for bits in (kernel.w_bits, kernel.a_bits):
+        for bits in (b for b in (kernel.w_bits, kernel.a_bits) if b is not None):
             if not MIN_BITS <= bits <= MAX_BITS:
                 raise ProfileError(
                     f"{where}: {key}[{i}]: {item!r}: bit-width {bits} outside {MIN_BITS}..{MAX_BITS}"

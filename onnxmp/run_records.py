@@ -138,7 +138,8 @@ class Result:
 
 
 def homogeneous_plan(analysis: GroupAnalysis, bits: Candidate, profile: HwProfile) -> Plan:
-    """Every group at `bits` (weightless groups at its activation width).
+    """Every group at `bits` (weightless groups at its activation width, or the next wider
+    one when their ops have only wider kernels, as an A16-only Softmax in a W8A8 plan).
 
     Raises:
         BudgetError: `bits` is not a kernel of the profile, or some group cannot take it.
@@ -149,6 +150,10 @@ def homogeneous_plan(analysis: GroupAnalysis, bits: Candidate, profile: HwProfil
     choices = {}
     for group in analysis.groups:
         wanted = bits if group.weights else Candidate(None, bits.a_bits)
+        if not group.weights and wanted not in group.candidates:
+            # an op with activation-only kernels (an A16 Softmax) runs at its narrowest width above
+            wider = [c for c in group.candidates if c.a_bits > bits.a_bits]
+            wanted = wider[-1] if wider else wanted
         if wanted not in group.candidates:
             raise BudgetError(f"group {group.id} cannot run at {bits} (allowed: {', '.join(map(str, group.candidates))})")
         choices[group.id] = wanted

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import onnx
 
 from onnxmp import bops, calib_data, graph, model_io
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.errors import ModelError, OnnxmpError, PassError, first_line
+from onnxmp.errors import CalibrationError, ModelError, OnnxmpError, PassError, first_line
 from onnxmp.hw_profile import HwProfile
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
@@ -51,12 +51,19 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[Pass], *, verify: bool =
 
 
 def prepare(
-    model: onnx.ModelProto, profile: HwProfile, calib: CalibrationSet | None, *, verify: bool = False
+    model: onnx.ModelProto,
+    profile: HwProfile,
+    calib: CalibrationSet | None,
+    *,
+    verify: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Prepared:
     """Canonicalize, index, derive groups, count MACs and BOPs.
 
-    MACs come from the calibration samples' shapes; without calibration data (`onnxmp groups`)
-    from the model's input shapes at batch 1, unknown dimensions taken as 1.
+    MACs (and so BOPs) are per sample at the shapes the run sees: the calibration samples'
+    shapes; without calibration data (`onnxmp groups`), `input_shapes` (`--input-shape
+    input_ids=1x128`) and, for inputs not named there, the model's input shapes with
+    unknown dimensions taken as 1.
     """
     canonical = run_passes(model, CANONICALIZE, verify=verify)
     index = graph.build(canonical)
@@ -65,7 +72,11 @@ def prepare(
         sample_shapes = {name: arr.shape for name, arr in calib.arrays.items()}
     else:
         inputs = calib_data.model_inputs(canonical)
+        unknown = sorted(set(input_shapes or {}) - set(inputs))
+        if unknown:
+            raise CalibrationError(f"--input-shape: the model has no input {unknown[0]!r} (inputs: {', '.join(inputs)})")
         sample_shapes = {name: (1, *[d or 1 for d in dims[1:]]) for name, (_, dims) in inputs.items()}
+        sample_shapes.update({name: tuple(shape) for name, shape in (input_shapes or {}).items()})
     macs = bops.macs_per_op(bops.concrete_graph(canonical, sample_shapes))
     return Prepared(
         original=model_io.weightless(model, model_io.weights(model, min_bytes=0)),

@@ -10,6 +10,8 @@ Rule cases:
 2. Activations: asymmetric unsigned per tensor (symmetric signed if the profile says so),
    range by MSE over a streaming histogram (`collect_histograms.activation_histograms`,
    memory independent of the number of samples); RangeMethod.MINMAX uses the observed range.
+3. Activations whose range the op defines (`known_ranges`: Softmax output in [0, 1]) take
+   that range, without statistics.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, attributes, output_channel_axis
 from onnxmp.hw_profile import HwProfile
 from onnxmp.passes.collect_histograms import activation_histograms
+from onnxmp.passes.known_ranges import known_range
 from onnxmp.records import Granularity, Grid, GroupAnalysis, RangeMethod, TensorEncoding
 
 logger = logging.getLogger(__name__)
@@ -59,12 +62,14 @@ def calibrate(
         axis = weight_axis(graph, weight) if profile.weight_granularity is Granularity.PER_CHANNEL else None
         for bits in sorted(bits_set):
             encodings[(weight, bits)] = encode_weight(graph.constant(weight), weight, bits, axis, method)
-    histograms = activation_histograms(model, calib, sorted(act_bits), batch_size=batch_size)
+    fixed = {t: r for t in act_bits if (r := known_range(graph, t)) is not None}
+    histograms = activation_histograms(model, calib, sorted(set(act_bits) - set(fixed)), batch_size=batch_size)
     for tensor, bits_set in act_bits.items():
-        counts, edges = histograms[tensor]
+        counts, edges = histograms[tensor] if tensor not in fixed else (np.ones(1), np.array(fixed[tensor]))
         for bits in sorted(bits_set):
             encodings[(tensor, bits)] = encode_activation(
-                counts, edges, tensor, bits, method, symmetric=profile.activation_symmetric
+                counts, edges, tensor, bits, method if tensor not in fixed else RangeMethod.MINMAX,
+                symmetric=profile.activation_symmetric,
             )
     logger.info("calibrate: %d encodings for %d weights and %d activations", len(encodings), len(weight_bits), len(act_bits))
     return MappingProxyType(dict(sorted(encodings.items())))

@@ -15,6 +15,12 @@ Rule cases:
    gets none.
 3. Ops the profile does not list, non-nearest Resize, ops with no float inputs and groups
    no kernel fits stay in float, each with a reason.
+4. Kernel shapes (`fused_ops`): a MatMul/Gemm/Conv's constant bias Add and constant scaling
+   Mul/Div join its kernel (no quantizer between them); an additive attention mask never
+   gets a quantizer, the ops computing it stay in float, and the Add of scores and mask
+   joins a quantized Softmax (a masked-softmax kernel) or stays in float.
+5. Op types with activation-only kernels in the profile (`op_kernels: {Softmax: [A16]}`)
+   restrict the activation widths of their group; ops that joined a kernel restrict nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import onnx
 from onnxmp.graph import ATTR_MODE, DataflowGraph, get_attribute
 from onnxmp.hw_profile import HwProfile
 from onnxmp.passes.fold_batchnorm import bn_site, why_not_foldable
+from onnxmp.passes.fused_ops import FusedOps, fused_ops
 from onnxmp.records import Candidate, GroupAnalysis, QuantizerGroup, SkippedOp
 
 WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -36,18 +43,22 @@ _ACTIVATION_FUSED = frozenset({"Relu", "Clip"})
 
 def quantizer_groups(graph: DataflowGraph, profile: HwProfile) -> GroupAnalysis:
     """Derive the quantizer groups of `graph` under `profile`, and the ops left in float."""
+    fused = fused_ops(graph, profile, lambda node: _why_not_quantized(graph, node, profile) is None)
+    in_kernels = set(fused.joins) | set(fused.joins.values())
     skipped: list[SkippedOp] = []
     tie_graph = nx.Graph()
     anchors: dict[str, str] = {}
     for name in graph.order:
         node = graph.nodes[name]
-        reason = _why_not_quantized(graph, node, profile)
-        if reason is not None:
+        reason = fused.reasons.get(name) or _why_not_quantized(graph, node, profile)
+        if name in fused.joins:
+            tie_graph.add_edge(("op", name), ("op", fused.joins[name]))
+        elif reason is not None:
             if reason:
                 skipped.append(SkippedOp(name, node.op_type, reason))
             continue
-        weights, activations = _operands(graph, node)
-        if not weights and not activations:
+        weights, activations = _operands(graph, node, fused)
+        if not weights and not activations and name not in in_kernels:
             skipped.append(SkippedOp(name, node.op_type, "no float inputs to quantize"))
             continue
         tie_graph.add_node(("op", name))
@@ -58,7 +69,7 @@ def quantizer_groups(graph: DataflowGraph, profile: HwProfile) -> GroupAnalysis:
             tie_graph.add_edge(("op", name), ("a", anchors[tensor]))
     groups = []
     for component in nx.connected_components(tie_graph):
-        group, reason = _make_group(graph, component, profile)
+        group, reason = _make_group(graph, component, profile, fused)
         if group is not None:
             groups.append(group)
             continue
@@ -90,12 +101,14 @@ def _why_not_quantized(graph: DataflowGraph, node: onnx.NodeProto, profile: HwPr
     return None
 
 
-def _operands(graph: DataflowGraph, node: onnx.NodeProto) -> tuple[list[str], list[str]]:
-    """(weight initializers, float activation inputs) that `node` reads."""
+def _operands(graph: DataflowGraph, node: onnx.NodeProto, fused: FusedOps) -> tuple[list[str], list[str]]:
+    """(weight initializers, float activation inputs) that `node` reads; none inside a kernel."""
     weights, activations = [], []
     data_inputs = node.input[:2] if node.op_type in WEIGHT_OPS else node.input
     for position, tensor in enumerate(data_inputs):
-        if not tensor or not graph.is_float(tensor):
+        if not tensor or not graph.is_float(tensor) or tensor in fused.internal or tensor in fused.masks:
+            continue
+        if node.name in fused.joins and graph.is_constant(tensor):
             continue
         if graph.is_constant(tensor):
             if position in _WEIGHT_POSITIONS.get(node.op_type, ()):
@@ -121,7 +134,9 @@ def anchor_of(graph: DataflowGraph, tensor: str, profile: HwProfile) -> str:
         tensor = producer.input[0]
 
 
-def _make_group(graph: DataflowGraph, component: set[tuple[str, str]], profile: HwProfile) -> tuple[QuantizerGroup | None, str]:
+def _make_group(
+    graph: DataflowGraph, component: set[tuple[str, str]], profile: HwProfile, fused: FusedOps
+) -> tuple[QuantizerGroup | None, str]:
     ops = _sorted_ops(graph, component)
     first_use: dict[str, int] = {}
     for op in ops:
@@ -129,21 +144,27 @@ def _make_group(graph: DataflowGraph, component: set[tuple[str, str]], profile: 
             first_use.setdefault(tensor, graph.index(op))
     weights = sorted((t for kind, t in component if kind == "w"), key=lambda t: (first_use[t], t))
     activations = sorted((t for kind, t in component if kind == "a"), key=lambda t: _position(graph, t))
-    candidates = _allowed(ops, graph, profile, has_weights=bool(weights))
+    deciding = [graph.op_type(op) for op in ops if op not in fused.joins]
+    candidates = _allowed(deciding, profile, has_weights=bool(weights))
     if not candidates:
         return None, "no kernel of the profile fits every op of its group"
     return QuantizerGroup(ops[0], tuple(weights), tuple(activations), tuple(ops), candidates), ""
 
 
-def _allowed(ops: list[str], graph: DataflowGraph, profile: HwProfile, *, has_weights: bool) -> tuple[Candidate, ...]:
+def _allowed(op_types: list[str], profile: HwProfile, *, has_weights: bool) -> tuple[Candidate, ...]:
+    """Kernels every op type allows; activation-only kernels (`A16`) restrict the widths only."""
     kernels = list(profile.kernels)
-    for op in ops:
-        allowed = set(profile.kernels_for(graph.op_type(op)))
-        kernels = [k for k in kernels if k in allowed]
+    widths: set[int] | None = None
+    for op_type in op_types:
+        allowed = profile.kernels_for(op_type)
+        own = {k.a_bits for k in allowed}
+        widths = own if widths is None else widths & own
+        if any(k.w_bits is not None for k in allowed):
+            kernels = [k for k in kernels if k in allowed]
+    widths = {k.a_bits for k in kernels} if widths is None else widths
     if has_weights:
-        return tuple(kernels)
-    widths = sorted({k.a_bits for k in kernels}, reverse=True)
-    return tuple(Candidate(None, a) for a in widths)
+        return tuple(k for k in kernels if k.a_bits in widths)
+    return tuple(Candidate(None, a) for a in sorted(widths, reverse=True))
 
 
 def _sorted_ops(graph: DataflowGraph, component: set[tuple[str, str]]) -> list[str]:

@@ -360,6 +360,99 @@ def batched_matmul(seed: int = 0) -> onnx.ModelProto:
 
 
 # Literal registry of the builders every contract test runs on.
+def attention_block(seed: int = 0) -> onnx.ModelProto:
+    """One single-head encoder block as a BERT export writes it (onnx.helper, opset 17).
+
+    Inputs x[N,S,8] float and mask[N,S] int64 (1 = token, 0 = padding); output y[N,S,8].
+
+      mask ─ mask_unsqueeze ─ mask_cast ─ mask_sub(1 - m) ─ mask_mul(x -10000) ─► mask_bias[N,1,S]
+           ┌─ q_mm(w_q) ─ q_add(b_q) ─► q ─────────────────────────┐
+      x ───┼─ k_mm(w_k) ─ k_add(b_k) ─► k ─ k_t(perm 0,2,1) ─► kt ─ qk ─► s0 ─ scale(/ sqrt 8) ─► s1
+           └─ v_mm(w_v) ─ v_add(b_v) ─► v ─────────────┐            s1 + mask_bias ─ mask_add ─► s2
+                                  s2 ─ softmax ─► p ─ pv ─► a ─ o_mm(w_o) ─ o_add(b_o) ─► o
+      o + x ─ residual ─► r ─ ln(gamma, beta) ─► h ─ ff_mm(w_f) ─ ff_add(b_f) ─► f
+      f ─ gelu/Div(/ sqrt 2) ─ gelu/Erf ─ gelu/Add(+ 1) ─ gelu/Mul(f x) ─ gelu/Mul_1(x 0.5) ─► g
+      g ─ out_mm(w_2) ─ out_add(b_2) ─► y
+    """
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w_q": _randn(rng, 8, 8), "b_q": _randn(rng, 8), "w_k": _randn(rng, 8, 8), "b_k": _randn(rng, 8),
+        "w_v": _randn(rng, 8, 8), "b_v": _randn(rng, 8), "w_o": _randn(rng, 8, 8), "b_o": _randn(rng, 8),
+        "gamma": 1 + _randn(rng, 8, scale=0.1), "beta": _randn(rng, 8, scale=0.1),
+        "w_f": _randn(rng, 8, 16), "b_f": _randn(rng, 16), "w_2": _randn(rng, 16, 8), "b_2": _randn(rng, 8),
+        "one": np.float32(1.0), "big_negative": np.float32(-10000.0), "sqrt_d": np.float32(np.sqrt(8.0)),
+        "sqrt_2": np.float32(np.sqrt(2.0)), "half": np.float32(0.5), "axis_1": np.array([1], np.int64),
+    }
+    node = helper.make_node
+    nodes = [
+        node("Unsqueeze", ["mask", "axis_1"], ["m1"], name="mask_unsqueeze"),
+        node("Cast", ["m1"], ["m_float"], name="mask_cast", to=onnx.TensorProto.FLOAT),
+        node("Sub", ["one", "m_float"], ["m_inverted"], name="mask_sub"),
+        node("Mul", ["m_inverted", "big_negative"], ["mask_bias"], name="mask_mul"),
+        *_dense("q", "x", "w_q", "b_q", "q"), *_dense("k", "x", "w_k", "b_k", "k"), *_dense("v", "x", "w_v", "b_v", "v"),
+        node("Transpose", ["k"], ["kt"], name="k_t", perm=[0, 2, 1]),
+        node("MatMul", ["q", "kt"], ["s0"], name="qk"),
+        node("Div", ["s0", "sqrt_d"], ["s1"], name="scale"),
+        node("Add", ["s1", "mask_bias"], ["s2"], name="mask_add"),
+        node("Softmax", ["s2"], ["p"], name="softmax", axis=-1),
+        node("MatMul", ["p", "v"], ["a"], name="pv"),
+        *_dense("o", "a", "w_o", "b_o", "o"),
+        node("Add", ["o", "x"], ["r"], name="residual"),
+        node("LayerNormalization", ["r", "gamma", "beta"], ["h"], name="ln", axis=-1),
+        *_dense("ff", "h", "w_f", "b_f", "f"),
+        node("Div", ["f", "sqrt_2"], ["g_scaled"], name="gelu/Div"),
+        node("Erf", ["g_scaled"], ["g_erf"], name="gelu/Erf"),
+        node("Add", ["g_erf", "one"], ["g_plus"], name="gelu/Add"),
+        node("Mul", ["f", "g_plus"], ["g_product"], name="gelu/Mul"),
+        node("Mul", ["g_product", "half"], ["g"], name="gelu/Mul_1"),
+        *_dense("out", "g", "w_2", "b_2", "y"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", "S", 8]),
+        helper.make_tensor_value_info("mask", onnx.TensorProto.INT64, ["N", "S"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", "S", 8])]
+    initializers = [numpy_helper.from_array(np.asarray(v), k) for k, v in weights.items()]
+    graph = helper.make_graph(nodes, "attention_block", inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _dense(prefix: str, x: str, w: str, b: str, out: str) -> list[onnx.NodeProto]:
+    """MatMul then bias Add, as exporters write a Linear layer (the bias first, as torch does)."""
+    return [
+        helper.make_node("MatMul", [x, w], [f"{prefix}_0"], name=f"{prefix}_mm"),
+        helper.make_node("Add", [b, f"{prefix}_0"], [out], name=f"{prefix}_add"),
+    ]
+
+
+def position_slice_matmul(seed: int = 0) -> onnx.ModelProto:
+    """The position-embedding chain of transformer exports: the sequence length reaches a
+    MatMul only through Shape -> Gather -> Unsqueeze -> Slice (ONNX shape inference alone
+    leaves it unknown).
+
+      ids[N,S] ─ shape ─ seq_len(Gather 1) ─ unsqueeze ─► end
+      position_ids[1,16] ─ slice(0:end on axis 1) ─► pos_ids[1,S] ─ lookup(table[16,4]) ─► e[1,S,4]
+      e ─ mm(w[4,3]) ─► y[1,S,3]
+    """
+    rng = np.random.default_rng(seed)
+    return _model(
+        """
+        g (int64[N,S] ids) => (float[1,S,3] y) {
+            [shape] sizes = Shape (ids)
+            [seq_len] n = Gather (sizes, one_index)
+            [unsqueeze] end = Unsqueeze (n, zero_axes)
+            [slice] pos_ids = Slice (position_ids, start, end, slice_axes)
+            [lookup] e = Gather (table, pos_ids)
+            [mm] y = MatMul (e, w)
+        }""",
+        {
+            "one_index": np.array(1, np.int64), "zero_axes": np.array([0], np.int64),
+            "position_ids": np.arange(16, dtype=np.int64).reshape(1, 16), "start": np.array([0], np.int64),
+            "slice_axes": np.array([1], np.int64), "table": _randn(rng, 16, 4), "w": _randn(rng, 4, 3),
+        },
+    )
+
+
 BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "conv_relu": conv_relu,
     "conv_bn": conv_bn,
@@ -376,6 +469,8 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "float_fallbacks": float_fallbacks,
     "conv_transpose": conv_transpose,
     "batched_matmul": batched_matmul,
+    "attention_block": attention_block,
+    "position_slice_matmul": position_slice_matmul,
 }
 
 
@@ -395,7 +490,7 @@ def canonical(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> Ca
 
 
 def feeds_for(model: onnx.ModelProto, *, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 inputs for every graph input; symbolic dims become `batch`."""
+    """Random inputs for every graph input (floats normal, integers 0 or 1 like a mask); symbolic dims become `batch`."""
     rng = np.random.default_rng(seed)
     inits = {i.name for i in model.graph.initializer}
     feeds = {}
@@ -407,5 +502,8 @@ def feeds_for(model: onnx.ModelProto, *, batch: int = 2, seed: int = 0) -> dict[
             for d in info.type.tensor_type.shape.dim
         ]
         dtype = helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
-        feeds[info.name] = rng.standard_normal(dims).astype(dtype)
+        if np.issubdtype(dtype, np.integer):
+            feeds[info.name] = rng.integers(0, 2, dims).astype(dtype)
+        else:
+            feeds[info.name] = rng.standard_normal(dims).astype(dtype)
     return feeds

@@ -162,3 +162,23 @@ def test_efficientnet_lite0_macs(shared_dir):
     macs = bops.macs_per_op(bops.concrete_graph(model, {"input": (1, 3, 224, 224)}))
     assert len(macs) == 50  # 49 Conv + 1 Gemm
     assert sum(macs.values()) == pytest.approx(385.2e6, rel=1e-3)
+
+
+def test_dynamic_sequence_reaching_a_matmul_through_a_slice():
+    # ids [8, 5]: seq_len = 5 -> position ids [1, 5] -> e [1, 5, 4] -> y [1, 5, 3]
+    # MACs = 5 x 3 outputs x 4 = 60; shape inference alone leaves the Slice's end unknown
+    model = builders.canonical(builders.position_slice_matmul()).model
+    assert bops.macs_per_op(builders.canonical(builders.position_slice_matmul()).graph) == {}
+    graph = bops.concrete_graph(model, {"ids": (8, 5)})
+    assert graph.shapes["y"] == (1, 5, 3)
+    assert bops.macs_per_op(graph) == {"mm": 60}
+
+
+def test_attention_block_macs_at_sequence_12():
+    # x [1,12,8]: q/k/v/o 12 x 8 x 8 = 768 each; qk 12 x 12 x 8 = 1152; pv 12 x 8 x 12 = 1152;
+    # ff 12 x 16 x 8 = 1536; out 12 x 8 x 16 = 1536
+    model = builders.canonical(builders.attention_block()).model
+    macs = bops.macs_per_op(bops.concrete_graph(model, {"x": (4, 12, 8), "mask": (4, 12)}))
+    assert macs == {
+        "q_mm": 768, "k_mm": 768, "v_mm": 768, "qk": 1152, "pv": 1152, "o_mm": 768, "ff_mm": 1536, "out_mm": 1536,
+    }

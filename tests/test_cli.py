@@ -146,7 +146,7 @@ def test_groups_lists_the_seven_digits_groups():
     result = _invoke("groups", DIGITS, "--profile", "npu")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "7 groups on profile npu"
+    assert lines[0].startswith("7 groups on profile npu, ")
     listed = [line[2:].split("  [")[0] for line in lines if line.startswith("- ") and "  [" in line]
     assert listed == GROUP_IDS
     assert "0 ops left in float" in lines
@@ -162,3 +162,41 @@ def test_quantize_bits_w8a8_writes_the_model(tmp_path):
     assert "relative BOPs     0.5000" in result.stdout.splitlines()
     assert "groups            1x A8, 6x W8A8" in result.stdout.splitlines()
     assert result.stderr == ""
+
+
+def _attention_block(tmp_path: Path) -> Path:
+    from tests import builders
+
+    path = tmp_path / "attention.onnx"
+    onnx.save(builders.attention_block(), str(path))
+    return path
+
+
+def test_groups_counts_macs_at_the_given_input_shape(tmp_path):
+    # sequence 12 (tests/test_bops.py): q, k, v, o 768 each, qk and pv 1152, ff and out 1536 = 8448;
+    # without --input-shape the unknown sequence counts as 1: 4 x 64 + 2 x 8 + 2 x 128 = 528
+    model = _attention_block(tmp_path)
+    shaped = _invoke("groups", model, "--profile", "npu", "--input-shape", "x=1x12x8", "--input-shape", "mask=1x12")
+    assert shaped.exit_code == 0, shaped.output
+    assert shaped.stdout.splitlines()[0] == "6 groups on profile npu, 8448 MACs per sample"
+    default = _invoke("groups", model, "--profile", "npu")
+    assert default.stdout.splitlines()[0] == "6 groups on profile npu, 528 MACs per sample"
+
+
+def test_groups_counts_macs_at_the_calibration_shape(tmp_path):
+    model = _attention_block(tmp_path)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.zeros((3, 12, 8), np.float32), mask=np.ones((3, 12), np.int64))
+    result = _invoke("groups", model, "--profile", "npu", "--calib", calib)
+    assert result.stdout.splitlines()[0] == "6 groups on profile npu, 8448 MACs per sample"
+
+
+def test_groups_input_shape_of_an_unknown_input(tmp_path):
+    result = _invoke("groups", _attention_block(tmp_path), "--profile", "npu", "--input-shape", "ids=1x12")
+    assert_one_line_error(result, "--input-shape", "'ids'", "inputs: x, mask")
+
+
+def test_groups_input_shape_that_is_not_a_shape(tmp_path):
+    result = _invoke("groups", _attention_block(tmp_path), "--profile", "npu", "--input-shape", "x=1by12")
+    assert result.exit_code == 2
+    assert "expected NAME=DxDx... such as input_ids=1x128" in result.stderr

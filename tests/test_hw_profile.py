@@ -23,7 +23,7 @@ def _write(tmp_path: Path, text: str, name: str = "device.yaml") -> Path:
 
 
 def test_builtin_names():
-    assert hw_profile.builtin_names() == ("npu", "research", "w4a8-w8a16")
+    assert hw_profile.builtin_names() == ("npu", "npu-transformer", "research", "w4a8-w8a16")
 
 
 @pytest.mark.parametrize("name", hw_profile.builtin_names())
@@ -46,6 +46,23 @@ def test_npu_profile_literal():
     profile = hw_profile.load_profile("npu")
     assert profile.kernels == (Candidate(8, 16), Candidate(8, 8), Candidate(4, 8))
     assert profile.kernels_for("Conv") == profile.kernels
+
+
+def test_npu_transformer_profile_literal():
+    profile = hw_profile.load_profile("npu-transformer")
+    assert profile.kernels == (Candidate(8, 16), Candidate(8, 8), Candidate(4, 8))
+    a16 = (Candidate(None, 16),)
+    assert {op: profile.kernels_for(op) for op in ("LayerNormalization", "Softmax", "Gelu")} == {
+        "LayerNormalization": a16, "Softmax": a16, "Gelu": a16,
+    }
+    assert profile.kernels_for("MatMul") == profile.kernels
+    assert {"LayerNormalization", "Softmax", "Gelu"} <= profile.quantized_ops
+
+
+def test_activation_only_kernel_may_lack_a_weight_kernel(tmp_path):
+    # an 8-bit device with a 16-bit softmax: A16 needs no W8A16 kernel
+    path = _write(tmp_path, "kernels: [W8A8]\nops: {quantized: [Softmax]}\nop_kernels:\n  Softmax: [A16]\n")
+    assert hw_profile.load_profile(path).kernels_for("Softmax") == (Candidate(None, 16),)
 
 
 def test_research_profile_order():
@@ -168,7 +185,7 @@ def test_unknown_builtin_name():
     with pytest.raises(ProfileError) as info:
         hw_profile.load_profile("tpu9000")
     assert str(info.value) == (
-        "tpu9000: no such profile file or built-in profile (built-in: npu, research, w4a8-w8a16)"
+        "tpu9000: no such profile file or built-in profile (built-in: npu, npu-transformer, research, w4a8-w8a16)"
     )
 
 

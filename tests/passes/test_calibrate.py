@@ -10,7 +10,7 @@ from onnxmp import hw_profile
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.records import Granularity, RangeMethod
+from onnxmp.records import Granularity, Grid, RangeMethod, TensorEncoding
 from tests import builders, oracles
 
 # float_fallbacks reads a weight as a graph input without a batch dim: it cannot be calibrated
@@ -137,3 +137,16 @@ def test_per_tensor_and_symmetric_schemes():
         -127,
         127,
     )
+
+
+def test_softmax_output_takes_the_unit_interval_without_statistics():
+    # p = Softmax(...) lies in [0, 1]: uint8 scale 1/255, zero point 0, whatever the data
+    canon = builders.canonical(builders.attention_block())
+    profile = hw_profile.load_profile("npu")
+    analysis = quantizer_groups(canon.graph, profile)
+    calib = CalibrationSet(builders.feeds_for(canon.model, batch=4))
+    encodings = calibrate(canon.model, canon.graph, analysis, calib, profile=profile)
+    expected = TensorEncoding("p", 8, (float(np.float32(1 / 255)),), (0,), grid=Grid.ASYMMETRIC_UNSIGNED)
+    assert encodings[("p", 8)] == expected  # the scale is stored as float32
+    assert encodings[("p", 16)].scale == pytest.approx((1 / 65535,))
+    assert encodings[("p", 16)].zero_point == (0,)

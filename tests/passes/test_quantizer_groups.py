@@ -8,7 +8,8 @@ import onnx
 import pytest
 
 from onnxmp import hw_profile
-from onnxmp.passes.quantizer_groups import quantizer_groups
+from onnxmp.passes.fused_ops import fused_ops
+from onnxmp.passes.quantizer_groups import WEIGHT_OPS, quantizer_groups
 from onnxmp.records import Candidate, QuantizerGroup, SkippedOp
 from tests import builders
 
@@ -136,7 +137,9 @@ def _op_inputs(graph, name: str) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize("name", list(builders.BUILDERS))
 def test_group_invariants(name, profile):
     graph = builders.canonical(builders.BUILDERS[name]()).graph
-    analysis = quantizer_groups(graph, hw_profile.load_profile(profile))
+    loaded = hw_profile.load_profile(profile)
+    analysis = quantizer_groups(graph, loaded)
+    fused = fused_ops(graph, loaded, lambda node: any(node.name in g.ops for g in analysis.groups))
     ops = Counter(op for g in analysis.groups for op in g.ops)
     tensors = Counter(t for g in analysis.groups for t in (*g.weights, *g.activations))
     assert all(count == 1 for count in ops.values())
@@ -150,6 +153,9 @@ def test_group_invariants(name, profile):
         assert list(group.ops) == sorted(group.ops, key=graph.index)
         for op in group.ops:
             weights, activations = _op_inputs(graph, op)
+            if op in fused.joins or graph.op_type(op) not in WEIGHT_OPS:
+                weights = []  # a bias, scale or LayerNorm constant is no weight of the group
+            activations = [t for t in activations if t not in fused.internal | fused.masks]
             assert set(weights) <= set(group.weights)
             assert {analysis.anchors[t] for t in activations} <= set(group.activations)
 
@@ -185,3 +191,74 @@ def test_efficientnet_lite0_groups(shared_dir):
     again = quantizer_groups(_efficientnet(shared_dir).graph, profile)
     assert [g.id for g in again.groups] == [g.id for g in analysis.groups]
     assert again == analysis
+
+
+MASK_OP = "computes an attention mask from integer model inputs only: never quantized"
+
+
+def test_attention_block_groups_on_npu():
+    # Canonical order (graphsurgeon's toposort): mask_unsqueeze, q_mm, k_mm, v_mm, mask_cast,
+    # q_add, k_add, v_add, mask_sub, k_t, mask_mul, qk, scale, mask_add, softmax, pv, o_mm,
+    # o_add, residual, ln, ff_mm, ff_add, gelu/Gelu (the five GELU ops fused), out_mm, out_add.
+    analysis = _analyse(builders.attention_block())
+    assert analysis.groups == (
+        # x feeds Q, K and V: one kernel input; the residual Add reads x and o, so o joins too.
+        # Each bias Add runs inside its MatMul's kernel: no quantizer on q_0, k_0, v_0, o_0.
+        QuantizerGroup(
+            "q_mm", ("w_q", "w_k", "w_v"), ("x", "o"),
+            ("q_mm", "k_mm", "v_mm", "q_add", "k_add", "v_add", "residual"), NPU_W,
+        ),
+        # activation x activation: both operands' quantizers (k read through the Transpose);
+        # the scaling Div is the kernel's requantization
+        QuantizerGroup("qk", (), ("q", "k"), ("qk", "scale"), NPU_A),
+        QuantizerGroup("pv", (), ("v", "p"), ("pv",), NPU_A),
+        QuantizerGroup("o_mm", ("w_o",), ("a",), ("o_mm", "o_add"), NPU_W),
+        QuantizerGroup("ff_mm", ("w_f",), ("h",), ("ff_mm", "ff_add"), NPU_W),
+        QuantizerGroup("out_mm", ("w_2",), ("g",), ("out_mm", "out_add"), NPU_W),
+    )
+    assert analysis.skipped == (
+        SkippedOp("mask_cast", "Cast", MASK_OP),
+        SkippedOp("mask_sub", "Sub", MASK_OP),
+        SkippedOp("mask_mul", "Mul", MASK_OP),
+        SkippedOp("mask_add", "Add", "adds the attention mask 'mask_bias' (from model inputs only): runs in float"),
+        SkippedOp("softmax", "Softmax", "op type Softmax runs in float on profile npu"),
+        SkippedOp("ln", "LayerNormalization", "op type LayerNormalization runs in float on profile npu"),
+        SkippedOp("gelu/Gelu", "Gelu", "op type Gelu runs in float on profile npu"),
+    )
+    # no quantizer on the mask, the scores it is added to, or inside a MatMul + bias kernel
+    assert dict(analysis.anchors) == {
+        "a": "a", "g": "g", "h": "h", "kt": "k", "o": "o", "p": "p", "q": "q", "v": "v", "x": "x",
+    }
+
+
+def test_attention_block_groups_on_npu_transformer():
+    # LayerNormalization, Softmax and Gelu have A16 kernels: each becomes a group of its own
+    # input at A16; the mask Add runs inside the Softmax kernel (masked softmax), reading the
+    # scaled scores s1 (quantized) and the mask (never quantized)
+    analysis = _analyse(builders.attention_block(), "npu-transformer")
+    a16 = (Candidate(None, 16),)
+    assert analysis.groups == (
+        QuantizerGroup(
+            "q_mm", ("w_q", "w_k", "w_v"), ("x", "o"),
+            ("q_mm", "k_mm", "v_mm", "q_add", "k_add", "v_add", "residual"), NPU_W,
+        ),
+        QuantizerGroup("qk", (), ("q", "k"), ("qk", "scale"), NPU_A),
+        QuantizerGroup("mask_add", (), ("s1",), ("mask_add", "softmax"), a16),
+        QuantizerGroup("pv", (), ("v", "p"), ("pv",), NPU_A),
+        QuantizerGroup("o_mm", ("w_o",), ("a",), ("o_mm", "o_add"), NPU_W),
+        QuantizerGroup("ln", (), ("r",), ("ln",), a16),
+        QuantizerGroup("ff_mm", ("w_f",), ("h",), ("ff_mm", "ff_add"), NPU_W),
+        QuantizerGroup("gelu/Gelu", (), ("f",), ("gelu/Gelu",), a16),
+        QuantizerGroup("out_mm", ("w_2",), ("g",), ("out_mm", "out_add"), NPU_W),
+    )
+    assert analysis.skipped == (
+        SkippedOp("mask_cast", "Cast", MASK_OP),
+        SkippedOp("mask_sub", "Sub", MASK_OP),
+        SkippedOp("mask_mul", "Mul", MASK_OP),
+    )
+
+
+def test_a_float_input_scaled_by_a_constant_is_no_mask():
+    # masks come from integer inputs only: x * c of a float input is a real activation
+    analysis = _analyse(builders.attention_block())
+    assert "x" in analysis.group("q_mm").activations
