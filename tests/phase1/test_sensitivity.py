@@ -434,3 +434,14 @@ def test_damaged_lines_with_the_right_key_are_measured_again(digits, tmp_path):
     resumed, evaluated = _sensitivity(digits, ResultStore(path, finished.key))
     assert sorted(evaluated) == sorted(f"{e['group']} @ {e['candidate']}" for e in (first, second, third))
     assert resumed == table
+
+
+def test_reference_outputs_that_overflow_name_the_output():
+    from onnxmp.errors import CalibrationError
+
+    # conv_relu: conv's sums of 27 terms of +-3e38 * w overflow (to NaN where +inf meets -inf); y, the output,
+    # is a tensor calibration never sees (no quantized op reads it)
+    model = builders.canonical(builders.conv_relu()).model
+    calib = CalibrationSet({"x": np.full((2, 3, 8, 8), 3e38, np.float32)})
+    with pytest.raises(CalibrationError, match=r"^calibration data: tensor 'y' overflows float32 \(range "):
+        reference_outputs(model, calib, batch_size=2)
