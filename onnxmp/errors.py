@@ -78,3 +78,11 @@ def first_line(exc: BaseException) -> str:
     """
     text = str(exc)
     return text.splitlines()[0] if text else ""
+
+
+class InternalError(RuntimeError):
+    """onnxmp's own bug, found where it shows (ONNX Runtime refusing a model onnxmp built).
+
+    Not an `OnnxmpError`: the CLI reports it as an internal error (exit 3), never as the
+    user's input error (exit 2).
+    """

@@ -58,6 +58,8 @@ def load(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=True)
     except FileNotFoundError as e:
         raise ModelError(f"{path}: file not found ({e.filename})") from e
+    except onnx.checker.ValidationError as e:  # external data outside the folder, a symlink, missing
+        raise ModelError(f"{path}: refused external data: {str(e).strip()}") from e  # names escaped
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{path}: not a readable ONNX model (corrupt or truncated file)") from e
     except OSError as e:

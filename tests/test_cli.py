@@ -200,3 +200,18 @@ def test_groups_input_shape_that_is_not_a_shape(tmp_path):
     result = _invoke("groups", _attention_block(tmp_path), "--profile", "npu", "--input-shape", "x=1by12")
     assert result.exit_code == 2
     assert "expected NAME=DxDx... such as input_ids=1x128" in result.stderr
+
+
+def test_onnx_runtime_refusing_a_model_onnxmp_built_is_exit_3_not_2(tmp_path, monkeypatch):
+    from onnxmp import runtime
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : boom")
+
+    monkeypatch.setattr(runtime.ort, "InferenceSession", refuse)
+    result = _quantize(DIGITS, tmp_path / "out", "--bits", "W8A8")
+    assert result.exit_code == 3, result.output
+    assert result.stderr.splitlines() == [
+        "onnxmp: error: internal error: InternalError: ONNX Runtime cannot load a model onnxmp built: "
+        "[ONNXRuntimeError] : 1 : FAIL : boom (rerun with --debug)"
+    ]
