@@ -19,16 +19,18 @@ from pathlib import Path
 import onnx
 
 from onnxmp import encodings as encodings_format
-from onnxmp import graph, model_io
-from onnxmp.errors import EncodingsError
+from onnxmp import graph, model_io, output_folder
+from onnxmp.errors import EncodingsError, OutputError
 from onnxmp.graph import DataflowGraph
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import weight_axis
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers
+from onnxmp.pipeline import OUTPUT_FILES
 from onnxmp.records import TensorEncoding
 from onnxmp.steps import run_passes
 
 WEIGHT_BITS_MAX = encodings_format.BIAS_MIN_BITS - 1  # param encodings above this are int32 biases
+MODEL_FILE = "model.qdq.onnx"
 
 
 def apply_encodings(
@@ -43,6 +45,7 @@ def apply_encodings(
             naming the tensor and the field).
     """
     path = Path(encodings_path)
+    _check_not_replaced(path, Path(output_dir))
     loaded = read(path)
     original = model if isinstance(model, onnx.ModelProto) else model_io.load(model)
     canonical = run_passes(original, CANONICALIZE, verify=verify)
@@ -50,7 +53,16 @@ def apply_encodings(
     unknown = tuple(sorted(n for n in (*loaded.params, *loaded.activations) if n not in to_canonical))
     quantizers = fit(loaded, canonical, to_canonical, str(path))
     qdq = insert_quantizers(canonical, quantizers, weights=WeightStorage.INTEGER)
-    return model_io.save(qdq, Path(output_dir) / "model.qdq.onnx"), unknown
+    folder = Path(output_dir)
+    with output_folder.locked(folder), output_folder.staged(folder, OUTPUT_FILES) as staging:
+        model_io.save(qdq, staging / MODEL_FILE)  # replaces the folder's previous run, whole
+    return folder / MODEL_FILE, unknown
+
+
+def _check_not_replaced(encodings_path: Path, output_dir: Path) -> None:
+    """Refuse to read the encodings from a file that writing `output_dir` would remove."""
+    if encodings_path.name in OUTPUT_FILES and encodings_path.resolve().parent == output_dir.resolve():
+        raise OutputError(f"{encodings_path}: apply replaces the run in {output_dir}, this file included; choose another -o")
 
 
 def read(path: Path) -> encodings_format.EncodingSet:

@@ -64,6 +64,10 @@ class StoreError(OnnxmpError):
     """A results store that cannot be read or written."""
 
 
+class OutputError(OnnxmpError):
+    """An output folder another run is writing to."""
+
+
 class RunError(OnnxmpError):
     """A run that could not finish (a worker died, an executor lost results); a rerun resumes."""
 

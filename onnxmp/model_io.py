@@ -19,6 +19,7 @@ import onnx
 import onnx.defs
 from google.protobuf.message import DecodeError
 
+from onnxmp import files
 from onnxmp.errors import ModelError, first_line
 from onnxmp.large_model import (
     DEFAULT_LIMITS,
@@ -188,7 +189,8 @@ def _atomically(path: Path, write) -> Path:
 @contextlib.contextmanager
 def _temporary(path: Path) -> Iterator[str]:
     """A temporary file name beside `path`; the file is removed on exit unless moved away."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=files.TEMPORARY_SUFFIX)
+    os.fchmod(fd, files.user_mode())  # mkstemp makes 0600; outputs follow the user's umask
     os.close(fd)
     try:
         yield tmp

@@ -215,3 +215,22 @@ def test_onnx_runtime_refusing_a_model_onnxmp_built_is_exit_3_not_2(tmp_path, mo
         "onnxmp: error: internal error: InternalError: ONNX Runtime cannot load a model onnxmp built: "
         "[ONNXRuntimeError] : 1 : FAIL : boom (rerun with --debug)"
     ]
+
+
+def test_nan_budgets_are_not_a_number(tmp_path):
+    assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--target-bops", "nan"), "target BOPs nan is not a number")
+    assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--min-sqnr", "nan"), "minimum SQNR nan is not a number")
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_echoed_in_errors_have_no_control_characters(tmp_path):
+    calib = _calib(tmp_path / "named.npz", {"image": np.zeros((8, 1, 8, 8), np.float32), "x\x1b[2J\ny": np.zeros(8)})
+    line = assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--bits", "W8A8", calib=calib), "'x\\x1b[2J\\ny'")
+    assert "\x1b" not in line
+
+
+def test_a_one_line_error_for_an_os_error_escapes_the_file_name(tmp_path):
+    blocker = tmp_path / "file\x07"
+    blocker.write_text("not a directory")
+    line = assert_one_line_error(_quantize(DIGITS, blocker / "out", "--bits", "W8A8"), "file\\x07")
+    assert "\x07" not in line
