@@ -11,6 +11,7 @@ import contextlib
 import functools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import pickle
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -84,6 +85,8 @@ def _start_worker(context, job: Phase1Job):
     """
     ours, theirs = context.Pipe(duplex=True)
     process = context.Process(target=_work, args=(theirs,), daemon=True, name="onnxmp-phase1")
+    # started here, not inside start(): launching it unblocks SIGINT (resource_tracker.ensure_running)
+    multiprocessing.resource_tracker.ensure_running()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         process.start()

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -157,3 +158,29 @@ def test_a_worker_killed_mid_job_is_an_error_not_a_hang(digits_jobs):
     with pytest.raises(RunError, match=r"^a phase-1 worker process ended without its results \(exit code -9\); rerun"):
         run_in_processes(digits_jobs, kill_the_workers, workers=2)
     assert multiprocessing.active_children() == []
+
+
+WORKER_UNDER_FIRE = """
+import multiprocessing, os, signal, sys, time
+from onnxmp.phase1 import executors
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    connection, process = executors._start_worker(context, None)  # the first worker: no resource tracker yet
+    for _ in range(40):  # Ctrl-C all through its start-up (imports take about a second)
+        os.kill(process.pid, signal.SIGINT)
+        time.sleep(0.025)
+    kind, payload = connection.recv()
+    process.join(timeout=30)
+    print(kind, type(payload).__name__, process.exitcode)
+"""
+
+
+def test_a_worker_ignores_ctrl_c_from_its_first_instruction(tmp_path):
+    script = tmp_path / "fire.py"
+    script.write_text(WORKER_UNDER_FIRE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "KeyboardInterrupt" not in result.stderr, result.stderr
+    # the worker lived to run its job (None: an AttributeError, sent back) and ended normally
+    assert result.stdout.splitlines() == ["error AttributeError 0"], (result.stdout, result.stderr)
