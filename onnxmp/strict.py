@@ -88,12 +88,25 @@ def _expanded_size(root: yaml.Node, where: str, error: type[OnnxmpError]) -> int
         if id(node) in open_nodes:
             raise error(f"{where}: a YAML alias refers to a node that contains it")
         open_nodes.add(id(node))
+        _check_unique_keys(node, where, error)
         stack.append((node, True))
         for kid in kids:
             if id(kid) in open_nodes:
                 raise error(f"{where}: a YAML alias refers to a node that contains it")
             stack.append((kid, False))
     return sizes[id(root)]
+
+
+def _check_unique_keys(node: yaml.Node, where: str, error: type[OnnxmpError]) -> None:
+    """A mapping that names a key twice (PyYAML would keep the last one silently) is refused."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen = set()
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode):
+            if key.value in seen:
+                raise error(f"{where}: {key.value}: key given twice (line {key.start_mark.line + 1})")
+            seen.add(key.value)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

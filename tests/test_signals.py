@@ -212,3 +212,23 @@ def test_an_interrupted_run_leaves_one_run_and_its_rerun_ends_like_a_clean_run(t
 @pytest.mark.parametrize("executor", ["processes", "local"])
 def test_every_signal_point_and_executor(tmp_path, runs, executor, sig, point, seed):
     _case(tmp_path, runs, executor, sig, point, seed)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_ray_keeps_streamed_results_and_ends_quickly(tmp_path, runs):
+    """Ray tasks stream each result: some are stored before any task ends; Ctrl-C is one line."""
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        _command(out, "ray", "--target-bops", "0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**ENV, "RAY_AUTH_MODE": "disabled"}, start_new_session=True,
+    )
+    assert _wait_for(proc, _trigger(out, "phase1", random.Random(3)), "phase 1")
+    os.killpg(proc.pid, signal.SIGINT)
+    start = time.monotonic()
+    code, stderr = _finish(proc, timeout=60)
+    assert code == 130 and time.monotonic() - start < 15, stderr
+    assert stderr.splitlines() == [f"onnxmp: interrupted; finished phase-1 results are kept in {out}/{STORE}"]
+    kept = _phase1(out)
+    clean = _phase1(runs["clean"])
+    assert 1 <= len(kept) < len(clean) and all(clean[k] == v for k, v in kept.items())

@@ -61,3 +61,9 @@ def test_an_oversized_file_is_refused_unread():
 
 def test_an_empty_document_is_none():
     assert strict.load_yaml("# nothing\n", "f", ProfileError) is None
+
+
+def test_a_key_given_twice_is_refused_not_silently_overwritten():
+    with pytest.raises(ProfileError) as info:
+        strict.load_yaml("kernels: [W8A8]\nname: a\nkernels: [W4A8]\n", "f.yaml", ProfileError)
+    assert str(info.value) == "f.yaml: kernels: key given twice (line 3)"
