@@ -82,7 +82,9 @@ def fit(
     checked against that tensor."""
     index = graph.build(canonical)
     initializers = {i.name for i in canonical.graph.initializer}
-    weights, biases, activations = {}, {}, {}
+    weights: dict[str, TensorEncoding] = {}
+    biases: dict[str, TensorEncoding] = {}
+    activations: dict[str, TensorEncoding] = {}
     for user, enc in loaded.params.items():
         if user in to_canonical:
             name = to_canonical[user]

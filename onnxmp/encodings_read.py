@@ -90,12 +90,15 @@ def _section(value: object, section: str, version: str) -> dict[str, TensorEncod
     result: dict[str, TensorEncoding] = {}
     if not value:
         return result
-    if version == "1.0.0":
+    named: list[tuple[str, object]]
+    if isinstance(value, list):  # 1.0.0
         named = [(_v1_name(entry, i), entry) for i, entry in enumerate(value)]
-    else:
+    elif isinstance(value, dict):  # 0.6.1
         named = list(value.items())
         if "" in value:
             raise _FieldError("'': expected a tensor name")
+    else:
+        raise _FieldError(f"expected a list (1.0.0) or a mapping (0.6.1), got {_kind(value)}")
     for name, entry in named:
         try:
             encoding = _from_v1(name, entry, params) if version == "1.0.0" else _from_v061(name, entry, params)
@@ -116,7 +119,9 @@ def _v1_name(entry: object, index: int) -> str:
     return name
 
 
-def _from_v1(name: str, entry: Mapping, params: bool) -> TensorEncoding:
+def _from_v1(name: str, entry: object, params: bool) -> TensorEncoding:
+    if not isinstance(entry, dict):  # `_v1_name` checked it already
+        raise _FieldError(f"expected an object, got {_kind(entry)}")
     _keys(entry, V1_KEYS, {"name", "bw", "is_sym", "scale", "offset"})
     _integer_dtype(entry.get("dtype", "INT"))
     enc_type = entry.get("enc_type", "PER_TENSOR")
@@ -181,10 +186,9 @@ def _integer_dtype(dtype: object) -> None:
 
 
 def _bits(value: object, key: str, params: bool) -> int:
-    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not integral:
+    bits = _whole(value)
+    if bits is None:
         raise _FieldError(f"{key}: {_show(value)} is not a whole number of bits")
-    bits = int(value)
     if bits in ACTIVATION_BITS or (params and bits == BIAS_BITS):
         return bits
     allowed = "2..16, or 32 for biases" if params else "2..16"

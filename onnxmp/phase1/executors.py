@@ -62,13 +62,15 @@ def run_in_processes(jobs: Sequence[Phase1Job], consume: Callable[[Phase1Result]
         run_jobs_here(jobs, consume)
         return
     context = multiprocessing.get_context("spawn")  # ONNX Runtime thread pools do not survive fork
-    waiting, running = list(jobs), {}
+    waiting: list[Phase1Job] = list(jobs)
+    running: dict[multiprocessing.connection.Connection, multiprocessing.process.BaseProcess] = {}
     try:
         while waiting or running:
             while waiting and len(running) < workers:
                 connection, process = _start_worker(context, waiting.pop(0))
                 running[connection] = process
-            for connection in multiprocessing.connection.wait(list(running)):
+            for ready in multiprocessing.connection.wait(list(running)):
+                connection = next(c for c in running if c is ready)
                 state = _receive(connection, consume)
                 if state != "entry":
                     _finished(running.pop(connection), connection, done=state == "done")
