@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +47,11 @@ class ResultStore:
     path: Path
     key: str
 
-    def entries(self, kind: str, valid: Callable[[dict], bool] | None = None) -> Iterator[dict]:
-        """Entries of `kind` written under this key for which `valid(entry)` holds.
+    def entries(self, kind: str) -> Iterator[dict]:
+        """Entries of `kind` written under this key.
 
-        Lines that are torn, not UTF-8, not JSON objects, of other keys or kinds, or that
-        `valid` rejects (a field missing or out of range: a line damaged on disk) are skipped:
-        they are measured again.
+        Lines that are torn, not UTF-8, not JSON objects, or of other keys or kinds are
+        skipped; the reader of a kind decides which entries are whole (`Phase1Result.from_entry`).
         """
         if not self.path.exists():
             return
@@ -62,9 +61,7 @@ class ResultStore:
             raise StoreError(f"{self.path}: cannot read results store: {e.strerror}") from e
         for line in lines:
             entry = _parse_line(line)
-            if entry is None or entry.get("key") != self.key or entry.get("kind") != kind:
-                continue
-            if valid is None or valid(entry):
+            if entry is not None and entry.get("key") == self.key and entry.get("kind") == kind:
                 yield entry
 
     def append(self, kind: str, record: Mapping) -> None:

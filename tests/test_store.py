@@ -123,10 +123,3 @@ def test_lines_nested_too_deep_for_json_are_skipped(tmp_path):
     path.write_text("[" * 100_000 + "\n" + '{"key": "k", "kind": "phase1", "i": 5}\n')
     assert [e["i"] for e in ResultStore(path, "k").entries("phase1")] == [5]
 
-
-def test_entries_that_the_validator_rejects_are_skipped(tmp_path):
-    store = ResultStore(tmp_path / "phase1.jsonl", "k")
-    for i in (1, -2, 3):
-        store.append("phase1", {"i": i})
-    store.append("phase1", {"j": 4})
-    assert [e["i"] for e in store.entries("phase1", valid=lambda e: e.get("i", -1) > 0)] == [1, 3]
