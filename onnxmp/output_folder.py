@@ -44,6 +44,7 @@ def locked(folder: Path) -> Iterator[Path]:
     Raises:
         OutputError: another process (another onnxmp run) holds the lock.
     """
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -58,6 +59,9 @@ def locked(folder: Path) -> Iterator[Path]:
         remove_leftovers(folder)
         yield folder
     finally:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         os.close(fd)  # releases the lock
 
 

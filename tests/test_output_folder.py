@@ -142,9 +142,19 @@ def test_outputs_get_the_users_umask(tmp_path, umask, mode):
 def test_cli_run_into_a_folder_another_run_holds_is_one_line(tmp_path):
     from tests.test_cli import DIGITS, _quantize, assert_one_line_error
 
+    (tmp_path / "out").mkdir()
     with output_folder.locked(tmp_path / "out"):
         start = time.monotonic()
         result = _quantize(DIGITS, tmp_path / "out", "--bits", "W8A8")
         assert time.monotonic() - start < 30
     assert_one_line_error(result, "another onnxmp run is writing to this output folder")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    with pytest.raises(ZeroDivisionError), output_folder.locked(tmp_path / "new" / "out"):
+        raise ZeroDivisionError
+    assert not (tmp_path / "new" / "out").exists()
+    with output_folder.locked(tmp_path / "kept"):
+        (tmp_path / "kept" / "phase1.jsonl").write_text("{}\n")
+    assert (tmp_path / "kept" / "phase1.jsonl").is_file()  # a folder with files stays
