@@ -63,7 +63,19 @@ def _setup_logging(verbose: int, debug: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group; a bad flag or argument of a command (click's UsageError, three
+    lines by default) is one line and exit 2, like every other input error."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            _fail(f"{e.format_message()} (see {where} --help)", EXIT_INPUT)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="onnxmp")
 def main() -> None:
     """onnxmp: post-training mixed-precision quantization for ONNX models."""

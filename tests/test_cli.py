@@ -234,3 +234,10 @@ def test_a_one_line_error_for_an_os_error_escapes_the_file_name(tmp_path):
     blocker.write_text("not a directory")
     line = assert_one_line_error(_quantize(DIGITS, blocker / "out", "--bits", "W8A8"), "file\\x07")
     assert "\x07" not in line
+
+
+def test_a_bad_flag_value_is_one_line(tmp_path):
+    line = assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--target-bops", "-1"), "--target-bops", "-1.0")
+    assert line.endswith("quantize --help)")  # click's three lines (usage, hint, error) made one
+    assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--bits", "W8A8", "--batch-size", "0"), "--batch-size")
+    assert_one_line_error(_invoke("quantize", tmp_path / "absent.onnx", "--profile", "npu", "-o", tmp_path), "absent.onnx")
