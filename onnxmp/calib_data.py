@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,21 +78,44 @@ def load_arrays(path: str | Path, model: onnx.ModelProto, *, limit: int | None =
     """
     path = Path(path)
     inputs = model_inputs(model)
+    _check_tensor_inputs(model, str(path))
+    if path.suffix == ".npy" and len(inputs) != 1:
+        raise CalibrationError(f"{path}: a .npy file fits one-input models; this model has {len(inputs)}")
     try:
         if path.suffix == ".npy":
-            if len(inputs) != 1:
-                raise CalibrationError(f"{path}: a .npy file fits one-input models; this model has {len(inputs)}")
             arrays = {next(iter(inputs)): np.load(path, allow_pickle=False)}
         else:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files if k != LABEL_KEY}
-    except CalibrationError:
-        raise
-    except (OSError, ValueError, EOFError) as e:
-        raise CalibrationError(f"{path}: cannot read calibration data: {e}") from e
+    except _UNREADABLE as e:
+        raise CalibrationError(f"{path}: cannot read calibration data: {_why(e)}") from e
     if limit is not None:
         arrays = {k: v[:limit] for k, v in arrays.items()}
     return validate(arrays, inputs, str(path))
+
+
+# what numpy raises on a damaged .npz/.npy: a truncated zip, a bad CRC or deflate stream,
+# a mangled header, a shape larger than memory
+_UNREADABLE = (
+    OSError, ValueError, EOFError, KeyError, MemoryError, SyntaxError,
+    zipfile.BadZipFile, zlib.error, tokenize.TokenError,
+)
+
+
+def _why(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "allow_pickle" in text:
+        return "it holds Python objects (pickled data), not numeric arrays"
+    if isinstance(error, zipfile.BadZipFile):
+        return f"not a complete .npz file (truncated or damaged: {text})"
+    return text
+
+
+def _check_tensor_inputs(model: onnx.ModelProto, where: str) -> None:
+    """Refuse models with an input calibration cannot feed (strings, sequences, maps) before
+    reading the file, whose arrays for such inputs could only be pickled objects."""
+    for name, (elem_type, _) in model_inputs(model).items():
+        _numeric_dtype(name, elem_type, where)
 
 
 def validate(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, tuple], where: str) -> CalibrationSet:
@@ -101,8 +128,8 @@ def validate(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, tuple], wher
         raise CalibrationError(f"{where}: {extra[0]!r} is not a model input (inputs: {', '.join(inputs)})")
     counts = set()
     for name, (elem_type, dims) in inputs.items():
-        arr = arrays[name]
-        expected = helper.tensor_dtype_to_np_dtype(elem_type)
+        arr = np.asarray(arrays[name])
+        expected = _numeric_dtype(name, elem_type, where)
         if arr.dtype != expected:
             raise CalibrationError(f"{where}: {name}: dtype {arr.dtype}, model expects {expected}")
         if arr.ndim != len(dims) or any(d is not None and d != s for d, s in zip(dims[1:], arr.shape[1:], strict=True)):
@@ -115,6 +142,30 @@ def validate(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, tuple], wher
     if len(counts) > 1:
         raise CalibrationError(f"{where}: inputs have different sample counts {sorted(counts)}")
     return CalibrationSet({k: arrays[k] for k in inputs})
+
+
+def _numeric_dtype(name: str, elem_type: int, where: str) -> np.dtype:
+    if elem_type == onnx.TensorProto.STRING:
+        raise CalibrationError(f"{where}: input {name!r} is a string input, nothing to quantize")
+    try:
+        return helper.tensor_dtype_to_np_dtype(elem_type)
+    except KeyError:
+        raise CalibrationError(f"{where}: input {name!r} is not a tensor; onnxmp calibrates tensor inputs only") from None
+
+
+def check_finite_ranges(ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Refuse calibration data that drives an activation to inf or NaN, naming the first
+    such tensor of `ranges` (give them in graph order: later ones only inherit the overflow).
+
+    Why: finite inputs can still overflow float32 inside the network (values near 1e38 in
+    a Conv); every range and SQNR computed from them would be meaningless.
+    """
+    for tensor, (low, high) in ranges.items():
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise CalibrationError(
+                f"calibration data: tensor {tensor!r} overflows float32 (range {low}..{high}); "
+                "the inputs are too large for this model: scale them down"
+            )
 
 
 def _show(dims: tuple) -> str:

@@ -17,14 +17,14 @@ from onnxmp import apply as apply_step
 from onnxmp import bops, calib_data, hw_profile, model_io, pipeline, report_html, steps
 from onnxmp.calib_data import Preprocess
 from onnxmp.cli_options import Progress, RunOptions, common_options, run_options
-from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError, first_line
+from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError, first_line, printable
 from onnxmp.run_records import Result
 
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"onnxmp: error: {message}", err=True)
+    click.echo(f"onnxmp: error: {printable(message)}", err=True)  # names from files: no control characters
     sys.exit(code)
 
 
@@ -38,8 +38,9 @@ def handle_errors(command):
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             out = kwargs.get("output_dir")
-            where = f"; finished phase-1 results are kept in {out}/{pipeline.STORE_NAME}" if out else ""
-            click.echo(f"onnxmp: interrupted{where}", err=True)
+            kept = out is not None and (Path(out) / pipeline.STORE_NAME).is_file()  # apply and groups keep none
+            where = f"; finished phase-1 results are kept in {out}/{pipeline.STORE_NAME}" if kept else ""
+            click.echo(printable(f"onnxmp: interrupted{where}"), err=True)
             sys.exit(EXIT_INTERRUPTED)
         except OnnxmpError as e:
             if debug:
@@ -62,7 +63,19 @@ def _setup_logging(verbose: int, debug: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group; a bad flag or argument of a command (click's UsageError, three
+    lines by default) is one line and exit 2, like every other input error."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            _fail(f"{e.format_message()} (see {where} --help)", EXIT_INPUT)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="onnxmp")
 def main() -> None:
     """onnxmp: post-training mixed-precision quantization for ONNX models."""
@@ -159,7 +172,7 @@ def apply(model_path: str, encodings_path: str, output_dir: str, verbose: int, d
     path, unknown = apply_step.apply_encodings(model_path, encodings_path, _output_dir(output_dir), verify=debug)
     if unknown:
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        click.echo(f"onnxmp: {len(unknown)} encodings name tensors this model does not have: {shown}", err=True)
+        click.echo(printable(f"onnxmp: {len(unknown)} encodings name tensors this model does not have: {shown}"), err=True)
     click.echo(f"model             {path}")
 
 
@@ -175,6 +188,11 @@ def _input_shape(ctx: click.Context, param: click.Parameter, values: tuple[str, 
         if not name or any(d < 1 for d in shapes[name]):
             raise click.BadParameter(f"{value!r}: expected NAME=DxDx... such as input_ids=1x128")
     return shapes
+
+
+def _echo(text: str) -> None:
+    """A line of output holding names from the user's model: control characters escaped."""
+    click.echo(printable(text))
 
 
 @main.command()
@@ -197,17 +215,17 @@ def groups(
         model, hw_profile.load_profile(profile), samples, verify=debug, input_shapes=input_shapes
     )
     analysis = prepared.analysis
-    click.echo(f"{len(analysis.groups)} groups on profile {prepared.profile.name}, "
-               f"{sum(prepared.macs.values())} MACs per sample")
+    _echo(f"{len(analysis.groups)} groups on profile {prepared.profile.name}, "
+          f"{sum(prepared.macs.values())} MACs per sample")
     for group in analysis.groups:
         share = 100 * bops.macs_share(group, prepared.macs)
-        click.echo(f"- {group.id}  [{' '.join(map(str, group.candidates))}]  MACs {share:.2f}%")
-        click.echo(f"    ops: {', '.join(group.ops)}")
-        click.echo(f"    weights: {', '.join(group.weights) or '-'}")
-        click.echo(f"    activations: {', '.join(group.activations)}")
-    click.echo(f"{len(analysis.skipped)} ops left in float")
+        _echo(f"- {group.id}  [{' '.join(map(str, group.candidates))}]  MACs {share:.2f}%")
+        _echo(f"    ops: {', '.join(group.ops)}")
+        _echo(f"    weights: {', '.join(group.weights) or '-'}")
+        _echo(f"    activations: {', '.join(group.activations)}")
+    _echo(f"{len(analysis.skipped)} ops left in float")
     for skipped in analysis.skipped:
-        click.echo(f"- {skipped.node} ({skipped.op_type}): {skipped.reason}")
+        _echo(f"- {skipped.node} ({skipped.op_type}): {skipped.reason}")
 
 
 if __name__ == "__main__":

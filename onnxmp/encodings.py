@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from onnxmp import encodings_read
 from onnxmp.errors import EncodingsError
-from onnxmp.records import Grid, TensorEncoding
+from onnxmp.records import TensorEncoding
 
 PROVENANCE_PREFIX = "onnxmp:from="
 BIAS_MIN_BITS = 17  # param encodings this wide are int32 biases (scale s_x * s_w), not weights
@@ -139,62 +140,17 @@ def to_json(encodings: EncodingSet, *, version: Version | str = Version.V1_0_0) 
 
 
 def from_json(text: str, *, where: str = "encodings") -> EncodingSet:
-    """Parse an AIMET encodings file (1.0.0 or 0.6.1; version detected from its layout)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise EncodingsError(f"{where}: not JSON: {e}") from e
-    if not isinstance(data, dict) or not ({"activation_encodings", "param_encodings"} & set(data)):
-        raise EncodingsError(f"{where}: no activation_encodings or param_encodings")
-    result = {}
-    for section in ("param_encodings", "activation_encodings"):
-        value = data.get(section) or {}
-        if not isinstance(value, (list, dict)):
-            raise EncodingsError(f"{where}: {section}: expected a list (1.0.0) or a mapping (0.6.1)")
-        try:
-            if isinstance(value, list):
-                result[section] = {e["name"]: _from_v1(e) for e in value}
-            else:
-                result[section] = {name: _from_v061(name, entries) for name, entries in value.items()}
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-            raise EncodingsError(f"{where}: {section}: malformed entry ({type(e).__name__}: {e})") from e
-    params = result["param_encodings"]
+    """Parse an AIMET encodings file (1.0.0 or 0.6.1; version detected from its layout).
+
+    Every field is checked (`encodings_read`); the model is not: see `apply`.
+    """
+    sections = encodings_read.parse(text, where)
+    params = sections["param_encodings"]
     return EncodingSet(
         weights={n: e for n, e in params.items() if e.bits < BIAS_MIN_BITS},
-        activations=result["activation_encodings"],
+        activations=sections["activation_encodings"],
         biases={n: e for n, e in params.items() if e.bits >= BIAS_MIN_BITS},
     )
-
-
-def _from_aimet(name: str, bits: int, symmetric: bool, scales: list[float], offsets: list[int], per_channel: bool):
-    if not scales or len(scales) != len(offsets):
-        raise ValueError(f"{name}: {len(scales)} scales and {len(offsets)} offsets")
-    if any(not s > 0 for s in scales):
-        raise ValueError(f"{name}: scales must be positive")
-    signed = symmetric and all(o == -(2 ** (bits - 1)) for o in offsets)
-    zero_points = tuple(0 for _ in offsets) if signed else tuple(-int(o) for o in offsets)
-    return TensorEncoding(
-        name=name, bits=int(bits), scale=tuple(float(s) for s in scales), zero_point=zero_points,
-        grid=Grid.SYMMETRIC_SIGNED if signed else Grid.ASYMMETRIC_UNSIGNED, axis=0 if per_channel else None,
-    )
-
-
-def _from_v1(entry: Mapping) -> TensorEncoding:
-    if str(entry.get("dtype", "INT")).upper() != "INT":
-        raise ValueError(f"{entry['name']}: dtype {entry['dtype']} is not an integer encoding")
-    per_channel = entry.get("enc_type", "PER_TENSOR") == "PER_CHANNEL"
-    return _from_aimet(entry["name"], entry["bw"], bool(entry["is_sym"]), list(entry["scale"]), list(entry["offset"]), per_channel)
-
-
-def _from_v061(name: str, entries: list[Mapping]) -> TensorEncoding:
-    if not entries:
-        raise ValueError(f"{name}: no encodings")
-    if any(str(e.get("dtype", "int")).lower() != "int" for e in entries):
-        raise ValueError(f"{name}: float encodings are not integer quantization")
-    symmetric = str(entries[0].get("is_symmetric", "False")) == "True"
-    scales = [e["scale"] for e in entries]
-    offsets = [int(e["offset"]) for e in entries]
-    return _from_aimet(name, entries[0]["bitwidth"], symmetric, scales, offsets, per_channel=len(entries) > 1)
 
 
 def user_named(

@@ -7,6 +7,7 @@ Built-in profiles ship in `onnxmp/hw_profiles/` and are found by name (`--profil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,13 +15,16 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
-import yaml
+import onnx.defs
 
-from onnxmp.errors import ProfileError, first_line
+from onnxmp import strict
+from onnxmp.errors import ProfileError
 from onnxmp.records import Candidate, Granularity
 
 MIN_BITS, MAX_BITS = 2, 16
 _TOP_KEYS = {"name", "description", "kernels", "ops", "op_kernels", "schemes"}
+_OPS_KEYS = {"quantized", "passthrough"}
+_SCHEME_KEYS = {"weights": {"granularity", "symmetric"}, "activations": {"granularity", "symmetric"}, "bias": {"quantize"}}
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,7 @@ def load_profile(name_or_path: str | Path) -> HwProfile:
             names the file and the key path.
     """
     text, where = _read(str(name_or_path))
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{where}: not valid YAML: {first_line(e)}") from e
+    raw = strict.load_yaml(text, where, ProfileError)
     if not isinstance(raw, dict):
         raise ProfileError(f"{where}: expected a mapping at the top level")
     return _parse(raw, where, hashlib.sha256(text.encode()).hexdigest())
@@ -69,9 +70,11 @@ def _read(name_or_path: str) -> tuple[str, str]:
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         try:
-            return path.read_text(), str(path)
+            return path.read_text(encoding="utf-8"), str(path)
         except OSError as e:
             raise ProfileError(f"{path}: cannot read profile: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise ProfileError(f"{path}: not a YAML text file (byte {e.start} is not UTF-8)") from e
     if name_or_path in builtin_names():
         resource = resources.files("onnxmp.hw_profiles") / f"{name_or_path}.yaml"
         return resource.read_text(), f"{name_or_path}.yaml"
@@ -82,13 +85,12 @@ def _read(name_or_path: str) -> tuple[str, str]:
 
 
 def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
-    unknown = sorted(set(raw) - _TOP_KEYS)
-    if unknown:
-        raise ProfileError(f"{where}: {unknown[0]}: unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    strict.check_keys(raw, _TOP_KEYS, f"{where}: ", ProfileError)
     kernels = _parse_kernels(_require(raw, "kernels", where), where, "kernels")
     ops = _require(raw, "ops", where)
     if not isinstance(ops, dict):
         raise ProfileError(f"{where}: ops: expected a mapping with 'quantized' and 'passthrough'")
+    strict.check_keys(ops, _OPS_KEYS, f"{where}: ops.", ProfileError)
     quantized = _op_list(ops, "quantized", where)
     passthrough = _op_list(ops, "passthrough", where)
     both = sorted(quantized & passthrough)
@@ -97,16 +99,16 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
     op_kernels = {}
     for op_type, kernel_list in _mapping(raw, "op_kernels", where).items():
         key = f"op_kernels.{op_type}"
+        _check_op_type(op_type, where, "op_kernels.")
         parsed = _parse_kernels(kernel_list, where, key, activation_only=True)
         missing = [str(k) for k in parsed if k.w_bits is not None and k not in kernels]
         if missing:
             raise ProfileError(f"{where}: {key}: {missing[0]} is not one of the profile's kernels")
         op_kernels[op_type] = parsed
-    schemes = _mapping(raw, "schemes", where)
-    weights = _mapping(schemes, "weights", where, "schemes.")
+    schemes = _schemes(raw, where)
+    weights, activations = schemes["weights"], schemes["activations"]
     if not _bool(weights, "symmetric", True, f"{where}: schemes.weights.symmetric"):
         raise ProfileError(f"{where}: schemes.weights.symmetric: false: asymmetric weights are not supported")
-    activations = _mapping(schemes, "activations", where, "schemes.")
     return HwProfile(
         name=str(raw.get("name") or Path(where).stem),
         kernels=kernels,
@@ -117,19 +119,33 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         activation_symmetric=_bool(
             activations, "symmetric", False, f"{where}: schemes.activations.symmetric"
         ),
-        quantize_bias=_bool(
-            _mapping(schemes, "bias", where, "schemes."), "quantize", False, f"{where}: schemes.bias.quantize"
-        ),
+        quantize_bias=_bool(schemes["bias"], "quantize", False, f"{where}: schemes.bias.quantize"),
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,
     )
 
 
 def _mapping(raw: Mapping, key: str, where: str, prefix: str = "") -> Mapping:
-    value = raw.get(key) or {}
+    value = raw.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise ProfileError(f"{where}: {prefix}{key}: expected a mapping, got {type(value).__name__}")
     return value
+
+
+def _schemes(raw: Mapping, where: str) -> dict[str, Mapping]:
+    """The three scheme sections, each checked for unknown keys (a typo must not pass silently)."""
+    schemes = _mapping(raw, "schemes", where)
+    strict.check_keys(schemes, _SCHEME_KEYS, f"{where}: schemes.", ProfileError)
+    sections = {}
+    for name, keys in _SCHEME_KEYS.items():
+        sections[name] = _mapping(schemes, name, where, "schemes.")
+        strict.check_keys(sections[name], keys, f"{where}: schemes.{name}.", ProfileError)
+    granularity = sections["activations"].get("granularity", Granularity.PER_TENSOR.value)
+    if granularity != Granularity.PER_TENSOR.value:
+        raise ProfileError(f"{where}: schemes.activations.granularity: {granularity!r} (allowed: per_tensor)")
+    return sections
 
 
 def _require(raw: Mapping, key: str, where: str) -> object:
@@ -165,7 +181,22 @@ def _op_list(ops: Mapping, key: str, where: str) -> frozenset[str]:
     value = ops.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ProfileError(f"{where}: ops.{key}: expected a list of ONNX op types")
+    for i, op_type in enumerate(value):
+        _check_op_type(op_type, where, f"ops.{key}[{i}]: ")
     return frozenset(value)
+
+
+@functools.cache
+def onnx_op_types() -> frozenset[str]:
+    """Every op type some ONNX domain defines (a profile naming another one has a typo)."""
+    return frozenset(schema.name for schema in onnx.defs.get_all_schemas_with_history())
+
+
+def _check_op_type(op_type: object, where: str, prefix: str) -> None:
+    if not isinstance(op_type, str) or op_type not in onnx_op_types():
+        near = strict.closest(op_type, onnx_op_types())
+        hint = f" (did you mean {near!r}?)" if near else ""
+        raise ProfileError(f"{where}: {prefix}{op_type!r} is not an ONNX op type{hint}")
 
 
 def _granularity(scheme: Mapping, where: str) -> Granularity:

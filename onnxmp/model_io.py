@@ -19,6 +19,7 @@ import onnx
 import onnx.defs
 from google.protobuf.message import DecodeError
 
+from onnxmp import files
 from onnxmp.errors import ModelError, first_line
 from onnxmp.large_model import (
     DEFAULT_LIMITS,
@@ -58,6 +59,8 @@ def load(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=True)
     except FileNotFoundError as e:
         raise ModelError(f"{path}: file not found ({e.filename})") from e
+    except onnx.checker.ValidationError as e:  # external data outside the folder, a symlink, missing
+        raise ModelError(f"{path}: refused external data: {str(e).strip()}") from e  # names escaped
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{path}: not a readable ONNX model (corrupt or truncated file)") from e
     except OSError as e:
@@ -186,7 +189,8 @@ def _atomically(path: Path, write) -> Path:
 @contextlib.contextmanager
 def _temporary(path: Path) -> Iterator[str]:
     """A temporary file name beside `path`; the file is removed on exit unless moved away."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=files.TEMPORARY_SUFFIX)
+    os.fchmod(fd, files.user_mode())  # mkstemp makes 0600; outputs follow the user's umask
     os.close(fd)
     try:
         yield tmp

@@ -15,13 +15,14 @@ from pathlib import Path
 import onnx
 
 from onnxmp import encodings as encodings_format
-from onnxmp import model_io, runtime, versions
+from onnxmp import model_io, output_folder, runtime, versions
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import BudgetError
 from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.phase1.executors import executor_for
+from onnxmp.phase1.jobs import Phase1Result
 from onnxmp.phase1.measure import measure
 from onnxmp.phase1.sensitivity import STORE_KIND, Phase1Context, Progress, sensitivity
 from onnxmp.records import Candidate, GroupAnalysis, ParetoCurve, Selection
@@ -34,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 Evaluate = Callable[[onnx.ModelProto], float]
 STORE_NAME = "phase1.jsonl"
+# every file a run may write (the QDQ model's weights go to .data beyond 2 GB); the store is not one
+OUTPUT_FILES = (
+    "model.qdq.onnx", "model.qdq.onnx.data", "encodings.json", "plan.json", "pareto.csv", "report.md",
+    "report.html", "sensitivity.json",
+)
 
 
 def search_point(
@@ -111,8 +117,8 @@ def _select(
 
 
 def _missing_phase1(analysis: GroupAnalysis, store: ResultStore) -> int:
-    done = {(e.get("group"), e.get("candidate")) for e in store.entries(STORE_KIND)}
-    return sum((g.id, str(c)) not in done for g in analysis.groups for c in g.candidates)
+    done = {(r.group, r.candidate) for e in store.entries(STORE_KIND) if (r := Phase1Result.from_entry(e)) is not None}
+    return sum((g.id, c) not in done for g in analysis.groups for c in g.candidates)
 
 
 def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> ResultStore:
@@ -178,13 +184,12 @@ def quantize(
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
     model, loaded_profile, calib_set = load_inputs(model, profile, calib)
-    prepared = prepare(model, loaded_profile, calib_set, verify=settings.verify)
-    del model  # a model loaded here lives on in prepared.model only
-    calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start)
-    decision = decide(
-        calibrated, budget, settings=settings, output_dir=Path(output_dir), evaluate=evaluate, progress=progress
-    )
-    return emit(calibrated, decision, Path(output_dir), settings=settings)
+    with output_folder.locked(Path(output_dir)) as folder:  # one run at a time per folder
+        prepared = prepare(model, loaded_profile, calib_set, verify=settings.verify)
+        del model  # a model loaded here lives on in prepared.model only
+        calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start)
+        decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)
+        return emit(calibrated, decision, folder, settings=settings)
 
 
 def _parse_bits(text: str) -> Candidate:
@@ -195,7 +200,14 @@ def _parse_bits(text: str) -> Candidate:
 
 
 def emit(calibrated: Calibrated, decision: Decision, output_dir: Path, *, settings: Settings) -> Result:
-    """Write the deployable QDQ model, measure it as deployed, and write the run's records."""
+    """Write the deployable QDQ model, measure it as deployed, and write the run's records, all
+    at once: into a staging folder, switched in for the previous run's (`output_folder`)."""
+    with output_folder.staged(output_dir, OUTPUT_FILES) as staging:
+        result = _write_outputs(calibrated, decision, staging, settings=settings)
+    return replace(result, paths={kind: output_dir / path.name for kind, path in result.paths.items()})
+
+
+def _write_outputs(calibrated: Calibrated, decision: Decision, output_dir: Path, *, settings: Settings) -> Result:
     from onnxmp import report
 
     prepared = calibrated.prepared

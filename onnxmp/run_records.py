@@ -70,6 +70,10 @@ class Budget:
         chosen = [v for v in (self.bits, self.target_bops, self.min_sqnr_db, self.max_drop) if v is not None]
         if len(chosen) != 1:
             raise BudgetError("give exactly one budget: bits, target_bops, min_sqnr_db or max_drop")
+        numbers = {"target BOPs": self.target_bops, "minimum SQNR": self.min_sqnr_db, "maximum drop": self.max_drop}
+        for name, value in numbers.items():
+            if value is not None and value != value:  # NaN compares unequal to itself
+                raise BudgetError(f"{name} nan is not a number")
         if self.max_drop is not None and not has_evaluate:
             raise BudgetError("max_drop needs an evaluation function")
 

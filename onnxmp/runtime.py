@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxmp import large_model
-from onnxmp.errors import ModelError, first_line
+from onnxmp.errors import InternalError, ModelError, first_line
 
 
 class Optimization(enum.Enum):
@@ -92,7 +92,8 @@ def session(
     sessions with other working sets, like calibration's, keep their own).
 
     Raises:
-        ModelError: ONNX Runtime cannot load the model.
+        InternalError: ONNX Runtime cannot load the model: onnxmp built it, so that is
+            onnxmp's bug (exit 3); the user's own model goes through `user_session`.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = Optimization(optimization).ort_level
@@ -112,8 +113,19 @@ def session(
     try:
         sess = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-        raise ModelError(f"ONNX Runtime cannot load the model: {first_line(e)}") from e
+        raise InternalError(f"ONNX Runtime cannot load a model onnxmp built: {first_line(e) or type(e).__name__}") from e
     return Session(sess, weights)
+
+
+def user_session(model: onnx.ModelProto | str, **options) -> Session:
+    """`session` on the user's own model as given: ONNX Runtime refusing it is an input
+    error (ModelError, exit 2), not onnxmp's bug (InternalError, exit 3) as for every model
+    onnxmp builds."""
+    try:
+        return session(model, **options)
+    except InternalError as e:
+        cause = e.__cause__ if e.__cause__ is not None else e
+        raise ModelError(f"ONNX Runtime cannot load the model: {first_line(cause) or type(cause).__name__}") from e
 
 
 def _use_shared_arena(options: ort.SessionOptions) -> None:

@@ -4,7 +4,7 @@ Why: phase 1 is the long part of a run. Each (group, candidate) result is append
 as it is measured, so an interrupted run (Ctrl-C, kill, power loss) resumes where it stopped;
 the key hashes model, profile, calibration data and settings, so a changed input can never
 reuse stale numbers (AIMET leaves that to a `clean_start` flag the user must remember).
-A torn last line (killed mid-write) is ignored on reading.
+A torn last line (killed mid-write), and any line damaged otherwise, is ignored on reading.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ def run_key(**parts: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _parse_line(line: bytes) -> dict | None:
+    """The JSON object on `line`, or None for anything else (torn, binary, too deep)."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
 @dataclass(frozen=True)
 class ResultStore:
     """Append-only JSON-lines file; entries carry the run key and a record kind."""
@@ -39,19 +48,20 @@ class ResultStore:
     key: str
 
     def entries(self, kind: str) -> Iterator[dict]:
-        """Entries of `kind` written under this key (other keys and torn lines are skipped)."""
+        """Entries of `kind` written under this key.
+
+        Lines that are torn, not UTF-8, not JSON objects, or of other keys or kinds are
+        skipped; the reader of a kind decides which entries are whole (`Phase1Result.from_entry`).
+        """
         if not self.path.exists():
             return
         try:
-            lines = self.path.read_text().splitlines()
+            lines = self.path.read_bytes().split(b"\n")
         except OSError as e:
             raise StoreError(f"{self.path}: cannot read results store: {e.strerror}") from e
         for line in lines:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and entry.get("key") == self.key and entry.get("kind") == kind:
+            entry = _parse_line(line)
+            if entry is not None and entry.get("key") == self.key and entry.get("kind") == kind:
                 yield entry
 
     def append(self, kind: str, record: Mapping) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxmp import runtime
+from onnxmp import calib_data, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import all_names, unique_name
 
@@ -106,12 +106,13 @@ def _observe(
         (values,) = runtime.run_batches(sess, [feeds], outputs)
         for t in tensors:
             lo, hi, shape = (values[name] for name in names[t])
-            low[t] = min(low[t], float(lo))
-            high[t] = max(high[t], float(hi))
+            low[t] = float(np.minimum(low[t], lo))  # NaN propagates, to be refused below
+            high[t] = float(np.maximum(high[t], hi))
             rank[t] = len(shape)
             size[t] = max(size[t], int(np.prod(shape[1:])))
             if not shape.size or shape[0] != samples:
                 no_sample_axis.add(t)
+    calib_data.check_finite_ranges({t: (low[t], high[t]) for t in reversed(_latest_first(model, tensors))})
     if no_sample_axis:
         logger.info(
             "calibrate: %d tensors (e.g. %s) have no sample axis at dim 0; "

@@ -209,3 +209,88 @@ def test_unreadable_image(tmp_path, conv_relu):
     with pytest.raises(CalibrationError) as info:
         calib_data.load_images(folder, conv_relu, Preprocess.UNIT)
     assert str(info.value) == f"{folder / 'broken.png'}: not a readable image"
+
+
+def test_a_truncated_npz_says_so(tmp_path, conv_relu):
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, x=_images(4))
+    path = tmp_path / "calib.npz"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CalibrationError) as info:
+        calib_data.load_arrays(path, conv_relu)
+    assert str(info.value) == (
+        f"{path}: cannot read calibration data: not a complete .npz file (truncated or damaged: File is not a zip file)"
+    )
+
+
+def test_a_damaged_compressed_npz_is_a_calibration_error(tmp_path, conv_relu):
+    path = tmp_path / "calib.npz"
+    np.savez_compressed(path, x=_images(64))
+    data = bytearray(path.read_bytes())
+    start = data.index(b"x.npy") + 200  # inside the deflate stream of x.npy
+    data[start : start + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CalibrationError, match=f"^{path}: cannot read calibration data: "):
+        calib_data.load_arrays(path, conv_relu)
+
+
+def test_pickled_arrays_are_named_as_such(tmp_path, conv_relu):
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(CalibrationError) as info:
+        calib_data.load_arrays(path, conv_relu)
+    assert str(info.value) == f"{path}: cannot read calibration data: it holds Python objects (pickled data), not numeric arrays"
+
+
+def _string_input_model():
+    import onnx
+    from onnx import TensorProto, helper
+
+    #   text[N] (string) ─ ident(Identity) ─► y[N]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["y"], name="ident")], "g",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])],
+    )
+    return helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_a_string_input_has_nothing_to_quantize(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, text=np.array([b"a", b"bc"], dtype=object))  # what a user would have to write
+    with pytest.raises(CalibrationError) as info:
+        calib_data.load_arrays(path, _string_input_model())
+    assert str(info.value) == f"{path}: input 'text' is a string input, nothing to quantize"
+    assert _error({"text": np.array(["a"])}, _string_input_model()) == (
+        "calib.npz: input 'text' is a string input, nothing to quantize"
+    )
+
+
+def test_a_sequence_input_is_not_a_tensor(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    #   seq (sequence of float[N]) ─ at(SequenceAt, 0) ─► y[N]
+    zero = helper.make_tensor("zero", TensorProto.INT64, [], [0])
+    graph = helper.make_graph(
+        [helper.make_node("SequenceAt", ["seq", "zero"], ["y"], name="at")], "g",
+        [helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])], initializer=[zero],
+    )
+    model = helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    path = tmp_path / "calib.npz"
+    np.savez(path, seq=np.zeros((2, 3), np.float32))
+    with pytest.raises(CalibrationError) as info:
+        calib_data.load_arrays(path, model)
+    assert str(info.value) == f"{path}: input 'seq' is not a tensor; onnxmp calibrates tensor inputs only"
+
+
+def test_check_finite_ranges_names_the_first_tensor_that_overflows():
+    ranges = {"x": (-3e38, 3e38), "conv": (0.0, np.inf), "relu": (np.nan, np.inf)}
+    with pytest.raises(CalibrationError) as info:
+        calib_data.check_finite_ranges(ranges)
+    assert str(info.value) == (
+        "calibration data: tensor 'conv' overflows float32 (range 0.0..inf); "
+        "the inputs are too large for this model: scale them down"
+    )
+    calib_data.check_finite_ranges({"x": (-3e38, 3e38)})

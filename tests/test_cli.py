@@ -200,3 +200,44 @@ def test_groups_input_shape_that_is_not_a_shape(tmp_path):
     result = _invoke("groups", _attention_block(tmp_path), "--profile", "npu", "--input-shape", "x=1by12")
     assert result.exit_code == 2
     assert "expected NAME=DxDx... such as input_ids=1x128" in result.stderr
+
+
+def test_onnx_runtime_refusing_a_model_onnxmp_built_is_exit_3_not_2(tmp_path, monkeypatch):
+    from onnxmp import runtime
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : boom")
+
+    monkeypatch.setattr(runtime.ort, "InferenceSession", refuse)
+    result = _quantize(DIGITS, tmp_path / "out", "--bits", "W8A8")
+    assert result.exit_code == 3, result.output
+    assert result.stderr.splitlines() == [
+        "onnxmp: error: internal error: InternalError: ONNX Runtime cannot load a model onnxmp built: "
+        "[ONNXRuntimeError] : 1 : FAIL : boom (rerun with --debug)"
+    ]
+
+
+def test_nan_budgets_are_not_a_number(tmp_path):
+    assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--target-bops", "nan"), "target BOPs nan is not a number")
+    assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--min-sqnr", "nan"), "minimum SQNR nan is not a number")
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_echoed_in_errors_have_no_control_characters(tmp_path):
+    calib = _calib(tmp_path / "named.npz", {"image": np.zeros((8, 1, 8, 8), np.float32), "x\x1b[2J\ny": np.zeros(8)})
+    line = assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--bits", "W8A8", calib=calib), "'x\\x1b[2J\\ny'")
+    assert "\x1b" not in line
+
+
+def test_a_one_line_error_for_an_os_error_escapes_the_file_name(tmp_path):
+    blocker = tmp_path / "file\x07"
+    blocker.write_text("not a directory")
+    line = assert_one_line_error(_quantize(DIGITS, blocker / "out", "--bits", "W8A8"), "file\\x07")
+    assert "\x07" not in line
+
+
+def test_a_bad_flag_value_is_one_line(tmp_path):
+    line = assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--target-bops", "-1"), "--target-bops", "-1.0")
+    assert line.endswith("quantize --help)")  # click's three lines (usage, hint, error) made one
+    assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--bits", "W8A8", "--batch-size", "0"), "--batch-size")
+    assert_one_line_error(_invoke("quantize", tmp_path / "absent.onnx", "--profile", "npu", "-o", tmp_path), "absent.onnx")

@@ -161,9 +161,64 @@ def test_unknown_top_level_key(tmp_path):
     path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + "kernals: [W4A8]\n")
     with pytest.raises(ProfileError) as info:
         hw_profile.load_profile(path)
-    assert str(info.value) == (
-        f"{path}: kernals: unknown key (allowed: description, kernels, name, op_kernels, ops, schemes)"
-    )
+    assert str(info.value) == f"{path}: kernals: unknown key (did you mean 'kernels'?)"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("schemes:\n  weights: {granulrity: per_tensor}\n", "schemes.weights.granulrity: unknown key (did you mean 'granularity'?)"),
+        ("schemes:\n  weights: {symetric: true}\n", "schemes.weights.symetric: unknown key (did you mean 'symmetric'?)"),
+        ("schemes:\n  activatons: {symmetric: true}\n", "schemes.activatons: unknown key (did you mean 'activations'?)"),
+        ("schemes:\n  bias: {quantise: true}\n", "schemes.bias.quantise: unknown key (did you mean 'quantize'?)"),
+        ("schemes:\n  bias: {zzz: true}\n", "schemes.bias.zzz: unknown key (allowed: quantize)"),
+        ("schemes:\n  1: {}\n", "schemes.1: unknown key (allowed: activations, bias, weights)"),
+        ("schemes:\n  activations: {granularity: per_channel}\n",
+         "schemes.activations.granularity: 'per_channel' (allowed: per_tensor)"),
+        ("schemes: []\n", "schemes: expected a mapping, got list"),
+        ("op_kernels:\n  Conb: [W8A8]\n", "op_kernels.'Conb' is not an ONNX op type (did you mean 'Conv'?)"),
+        ("null: 1\n", "None: unknown key (allowed: description, kernels, name, op_kernels, ops, schemes)"),
+    ],
+)
+def test_unknown_keys_at_any_depth_name_the_closest_valid_one(tmp_path, section, message):
+    path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + section)
+    with pytest.raises(ProfileError) as info:
+        hw_profile.load_profile(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("ops", "message"),
+    [
+        ("ops:\n  quantised: [Conv]\n", "ops.quantised: unknown key (did you mean 'quantized'?)"),
+        ("ops:\n  quantized: [Conv, Gemn]\n", "ops.quantized[1]: 'Gemn' is not an ONNX op type (did you mean 'Gemm'?)"),
+        ("ops:\n  passthrough: [relu]\n", "ops.passthrough[0]: 'relu' is not an ONNX op type (did you mean 'Relu'?)"),
+    ],
+)
+def test_misspelled_op_types_are_refused(tmp_path, ops, message):
+    path = _write(tmp_path, "kernels: [W8A8]\n" + ops)
+    with pytest.raises(ProfileError) as info:
+        hw_profile.load_profile(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_alias_bomb_is_refused_before_it_is_walked(tmp_path):
+    # 9 levels of 10 aliases: 10**9 strings once expanded, 1 kB on disk
+    lines = ["a0: &a0 [W8A8, W8A8, W8A8, W8A8, W8A8, W8A8, W8A8, W8A8, W8A8, W8A8]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = _write(tmp_path, "description:\n  " + "\n  ".join(lines) + "\nkernels: *a8\n" + OPS)
+    assert path.stat().st_size < 1200
+    with pytest.raises(ProfileError) as info:
+        hw_profile.load_profile(path)
+    assert str(info.value) == f"{path}: the YAML expands to more than 100000 nodes (aliases)"
+
+
+def test_a_profile_that_is_not_utf8_is_a_profile_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\nkernels: [W8A8]\n")
+    with pytest.raises(ProfileError) as info:
+        hw_profile.load_profile(path)
+    assert str(info.value) == f"{path}: not a YAML text file (byte 9 is not UTF-8)"
 
 
 def test_bad_yaml(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -195,3 +196,51 @@ def test_write_text_is_atomic(tmp_path):
     model_io.write_text("new\n", path)
     assert path.read_text() == "new\n"
     assert [p.name for p in path.parent.iterdir()] == ["r.txt"]
+
+
+def _external_weight_model(folder, location: str):
+    """conv x[N,3,8,8] ─ conv(w) ─► y, w's 108 floats at `location` (external data)."""
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3, 3, 3], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", str(4 * 108))):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[weight],
+    )
+    path = folder / "model.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("location", "why"),
+    [
+        ("../secret.bin", "points outside the directory"),
+        ("sub/../../secret.bin", "points outside the directory"),
+        ("/etc/passwd", "it is an absolute path"),
+        ("link.bin", "it is a symbolic link"),
+        ("absent.bin", "it is not regular file"),
+    ],
+)
+def test_external_data_outside_the_model_folder_is_a_model_error(tmp_path, location, why):
+    (tmp_path / "secret.bin").write_bytes(np.arange(108, dtype=np.float32).tobytes())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "link.bin").symlink_to(tmp_path / "secret.bin")
+    path = _external_weight_model(folder, location)
+    with pytest.raises(ModelError) as info:
+        model_io.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused external data: ") and why in message
+    assert "\n" not in message
+
+
+def test_control_characters_of_an_external_data_name_are_escaped(tmp_path):
+    path = _external_weight_model(tmp_path, "w\x1b[2J\n.bin")
+    with pytest.raises(ModelError) as info:
+        model_io.load(path)
+    assert "w\\x1b[2J\\n.bin" in str(info.value)
+    assert "\x1b" not in str(info.value) and "\n" not in str(info.value)

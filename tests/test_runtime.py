@@ -7,7 +7,7 @@ import pytest
 
 from onnxmp import model_io, runtime
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.errors import ModelError
+from onnxmp.errors import InternalError, ModelError, OnnxmpError
 from tests import builders, oracles
 
 EVERY_WEIGHT_LARGE = model_io.SizeLimits(large_weights=0, weight_min_bytes=0)
@@ -41,12 +41,21 @@ def test_session_from_path(tmp_path, conv_relu):
     assert [o.name for o in runtime.session(str(path)).get_outputs()] == ["y"]
 
 
-def test_unloadable_model_is_a_model_error(conv_relu):
+def test_unloadable_user_model_is_a_model_error(conv_relu):
     conv_relu.graph.node[0].input[1] = "ghost"
     with pytest.raises(ModelError) as info:
-        runtime.session(conv_relu)
+        runtime.user_session(conv_relu)
     assert str(info.value).startswith("ONNX Runtime cannot load the model: ")
+    assert "ghost" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_unloadable_built_model_is_an_internal_error_not_an_input_error(conv_relu):
+    conv_relu.graph.node[0].input[1] = "ghost"
+    with pytest.raises(InternalError) as info:
+        runtime.session(conv_relu)  # every model onnxmp builds
+    assert not isinstance(info.value, OnnxmpError)
+    assert str(info.value).startswith("ONNX Runtime cannot load a model onnxmp built: ")
 
 
 def test_run_batches(conv_relu):

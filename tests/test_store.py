@@ -106,3 +106,20 @@ def test_lines_that_are_not_objects_are_skipped(tmp_path):
     path = tmp_path / "phase1.jsonl"
     path.write_text('[1, 2]\n"text"\n\nnot json\n{"key": "k", "kind": "phase1", "i": 7}\n')
     assert [e["i"] for e in ResultStore(path, "k").entries("phase1")] == [7]
+
+
+def test_lines_that_are_not_utf8_are_skipped(tmp_path):
+    path = tmp_path / "phase1.jsonl"
+    store = ResultStore(path, "k")
+    store.append("phase1", {"i": 1})
+    with open(path, "ab") as f:
+        f.write(b'{"key": "k", "kind": "phase1", "i": "\xff\xfe"}\n')  # a flipped byte inside a string
+    store.append("phase1", {"i": 3})
+    assert [e["i"] for e in store.entries("phase1")] == [1, 3]
+
+
+def test_lines_nested_too_deep_for_json_are_skipped(tmp_path):
+    path = tmp_path / "phase1.jsonl"
+    path.write_text("[" * 100_000 + "\n" + '{"key": "k", "kind": "phase1", "i": 5}\n')
+    assert [e["i"] for e in ResultStore(path, "k").entries("phase1")] == [5]
+

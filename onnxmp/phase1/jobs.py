@@ -71,17 +71,23 @@ class Phase1Result:
         """The result a store entry holds, or None when the entry is not a valid result
         (missing or mistyped fields are skipped like torn lines, so a rerun measures them)."""
         try:
-            signal = tuple(float(v) for v in entry["signal"])
-            noise = tuple(float(v) for v in entry["noise"])
-            candidate = Candidate.parse(entry["candidate"])
+            signal, noise = _numbers(entry["signal"]), _numbers(entry["noise"])
+            candidate = Candidate.parse(str(entry["candidate"]) if isinstance(entry["candidate"], str) else "")
             group, seconds = entry["group"], float(entry.get("seconds", 0.0))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
         if not isinstance(group, str) or len(signal) != len(noise) or not signal:
             return None
-        if any(math.isnan(v) or v < 0 for v in (*signal, *noise)):
+        if any(math.isnan(v) or v < 0 for v in (*signal, *noise)) or not all(map(math.isfinite, signal)):
             return None
         return Phase1Result(group, candidate, OutputNoise(signal, noise), seconds)
+
+
+def _numbers(values: object) -> tuple[float, ...]:
+    """A JSON list of numbers as floats (a string, a mapping or a bool is not one)."""
+    if not isinstance(values, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise TypeError("not a list of numbers")
+    return tuple(float(v) for v in values)
 
 
 Executor = Callable[[Sequence[Phase1Job], Callable[[Phase1Result], None]], None]

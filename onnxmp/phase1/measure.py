@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxmp import quant_math, runtime
+from onnxmp import calib_data, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.phase1.frontier_walk import Chunk
 
@@ -42,7 +42,12 @@ def reference_outputs(model: onnx.ModelProto, calib: CalibrationSet, *, batch_si
     """Float outputs over all samples, by output name (outputs only, never intermediates)."""
     sess = runtime.session(model)
     batches = list(runtime.run_batches(sess, calib.batches(batch_size)))
-    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+    outputs = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+    calib_data.check_finite_ranges({  # an overflowed output would make every SQNR NaN
+        name: (float(a.min()), float(a.max())) for name, a in outputs.items()
+        if a.size and np.issubdtype(a.dtype, np.floating)
+    })
+    return outputs
 
 
 def measure(

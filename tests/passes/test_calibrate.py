@@ -150,3 +150,18 @@ def test_softmax_output_takes_the_unit_interval_without_statistics():
     assert encodings[("p", 8)] == expected  # the scale is stored as float32
     assert encodings[("p", 16)].scale == pytest.approx((1 / 65535,))
     assert encodings[("p", 16)].zero_point == (0,)
+
+
+def test_inputs_that_overflow_an_activation_name_it():
+    from onnxmp.errors import CalibrationError
+
+    # residual_add: x ─ conv1 ─► c1 ─ relu1 ─► r1 ─ conv2, add; x near float32's limit makes
+    # conv1's sums (36 terms of +-3e38 * w) overflow, and r1 is the first quantized tensor to hold inf
+    canon = builders.canonical(builders.residual_add())
+    prof = hw_profile.load_profile("npu")
+    analysis = quantizer_groups(canon.graph, prof)
+    feeds = builders.feeds_for(canon.model, batch=4, seed=1)
+    huge = np.full_like(feeds["x"], 3e38)
+    assert np.isfinite(huge).all()
+    with pytest.raises(CalibrationError, match=r"^calibration data: tensor 'r1' overflows float32 \(range 0.0\.\.inf\)"):
+        calibrate(canon.model, canon.graph, analysis, CalibrationSet({"x": huge}), profile=prof)

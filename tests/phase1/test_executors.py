@@ -7,11 +7,15 @@ Local worker processes on the digits model, and a real Ray cluster started on lo
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,97 @@ def test_executor_for_picks_one_worker_per_four_cores(monkeypatch):
     assert executor_for(ExecutorKind.LOCAL, 4, None) == Placement(None, 1, None)
     ray = executor_for(ExecutorKind.RAY, None, "127.0.0.1:6379")
     assert (ray.jobs, ray.threads) == (2, None)
+
+
+# ---------------------------------------------------------------- worker processes, one result at a time
+
+
+@pytest.fixture(scope="module")
+def digits_jobs():
+    """The digits model's phase 1 on the research profile cut into two jobs (batch 8)."""
+    from onnxmp import hw_profile, model_io, steps
+    from onnxmp.calib_data import load_arrays
+    from onnxmp.passes.calibrate import calibrate
+    from onnxmp.phase1.executors import Placement
+    from onnxmp.phase1.sensitivity import context_for, split_jobs
+
+    model = model_io.load(MODEL)
+    calib = load_arrays(CALIB, model, limit=64)
+    prepared = steps.prepare(model, hw_profile.load_profile("research"), calib)
+    encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=prepared.profile)
+    pending = frozenset((g.id, c) for g in prepared.analysis.groups for c in g.candidates)
+    context = context_for(prepared.model, prepared.analysis, encodings, calib, batch_size=8)
+    jobs = split_jobs(context, pending, Placement(jobs=2))
+    assert len(jobs) == 2 and all(len(job.pending) >= 4 for job in jobs)
+    return jobs
+
+
+def test_worker_results_arrive_as_they_are_measured(digits_jobs):
+    from onnxmp.phase1.executors import run_in_processes
+
+    arrivals: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
+    owner = {pair: i for i, job in enumerate(digits_jobs) for pair in job.pending}
+
+    def consume(result) -> None:
+        arrivals[owner[(result.group, result.candidate)]].append((time.monotonic(), result.seconds))
+
+    run_in_processes(digits_jobs, consume, workers=2)
+    for job, times in arrivals.items():
+        assert len(times) == len(digits_jobs[job].pending)
+        spread = times[-1][0] - times[0][0]
+        measured_after_first = sum(seconds for _, seconds in times[1:])
+        # streamed: the spread covers every later measurement; in one batch it would be ~0
+        assert spread >= 0.5 * measured_after_first > 0, (job, spread, measured_after_first)
+
+
+def test_an_error_in_a_worker_is_raised_here_without_a_hang(digits_jobs):
+    from dataclasses import replace
+
+    from onnxmp.phase1.executors import run_in_processes
+
+    broken = [replace(digits_jobs[0], encodings={}), digits_jobs[1]]  # every lookup of an encoding fails
+    start = time.monotonic()
+    with pytest.raises(KeyError):
+        run_in_processes(broken, lambda result: None, workers=2)
+    assert time.monotonic() - start < 60
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_killed_mid_job_is_an_error_not_a_hang(digits_jobs):
+    from onnxmp.phase1.executors import run_in_processes
+
+    def kill_the_workers(result) -> None:
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+
+    from onnxmp.errors import RunError
+
+    with pytest.raises(RunError, match=r"^a phase-1 worker process ended without its results \(exit code -9\); rerun"):
+        run_in_processes(digits_jobs, kill_the_workers, workers=2)
+    assert multiprocessing.active_children() == []
+
+
+WORKER_UNDER_FIRE = """
+import multiprocessing, os, signal, sys, time
+from onnxmp.phase1 import executors
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    connection, process = executors._start_worker(context, None)  # the first worker: no resource tracker yet
+    for _ in range(40):  # Ctrl-C all through its start-up (imports take about a second)
+        os.kill(process.pid, signal.SIGINT)
+        time.sleep(0.025)
+    kind, payload = connection.recv()
+    process.join(timeout=30)
+    print(kind, type(payload).__name__, process.exitcode)
+"""
+
+
+def test_a_worker_ignores_ctrl_c_from_its_first_instruction(tmp_path):
+    script = tmp_path / "fire.py"
+    script.write_text(WORKER_UNDER_FIRE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "KeyboardInterrupt" not in result.stderr, result.stderr
+    # the worker lived to run its job (None: an AttributeError, sent back) and ended normally
+    assert result.stdout.splitlines() == ["error AttributeError 0"], (result.stdout, result.stderr)

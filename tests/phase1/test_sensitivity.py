@@ -420,3 +420,28 @@ def test_interrupted_runs_resume_to_the_same_result(tmp_path):
         for name in ("plan.json", "sensitivity.json", "pareto.csv"):
             assert (output_dir / name).read_text() == (clean / name).read_text(), name
         assert _phase1_results(output_dir) == _phase1_results(clean)
+
+
+def test_damaged_lines_with_the_right_key_are_measured_again(digits, tmp_path):
+    _, _, _, finished, table = digits
+    path = tmp_path / "phase1.jsonl"
+    lines = finished.path.read_bytes().splitlines()
+    first, second, third = (json.loads(line) for line in lines[:3])
+    del first["noise"]  # a field cut off
+    second["signal"] = "1e3"  # a field of the wrong type
+    damaged = [json.dumps(first).encode(), json.dumps(second).encode(), lines[2].replace(b'"group"', b'"gr\xffup"')]
+    path.write_bytes(b"\n".join(damaged + lines[3:]) + b"\n")
+    resumed, evaluated = _sensitivity(digits, ResultStore(path, finished.key))
+    assert sorted(evaluated) == sorted(f"{e['group']} @ {e['candidate']}" for e in (first, second, third))
+    assert resumed == table
+
+
+def test_reference_outputs_that_overflow_name_the_output():
+    from onnxmp.errors import CalibrationError
+
+    # conv_relu: conv's sums of 27 terms of +-3e38 * w overflow (to NaN where +inf meets -inf); y, the output,
+    # is a tensor calibration never sees (no quantized op reads it)
+    model = builders.canonical(builders.conv_relu()).model
+    calib = CalibrationSet({"x": np.full((2, 3, 8, 8), 3e38, np.float32)})
+    with pytest.raises(CalibrationError, match=r"^calibration data: tensor 'y' overflows float32 \(range "):
+        reference_outputs(model, calib, batch_size=2)
