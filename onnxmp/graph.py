@@ -8,7 +8,7 @@ is quadratic (qonnx's find_producer). The index is built once per model and neve
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import networkx as nx
@@ -47,6 +47,8 @@ class DataflowGraph:
     elem_types: Mapping[str, int]
     shapes: Mapping[str, tuple[int | str | None, ...]]
     positions: Mapping[str, int]
+    # outer tensors each If/Loop/Scan node reads from inside its subgraphs (by node name)
+    implicit_inputs: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     def producer(self, tensor: str) -> onnx.NodeProto | None:
         name = self.producer_of.get(tensor)
@@ -67,24 +69,34 @@ class DataflowGraph:
     def is_float(self, tensor: str) -> bool:
         return self.elem_types.get(tensor) in FLOAT_TYPES
 
+    def reads(self, node_name: str) -> tuple[str, ...]:
+        """Tensors the node reads: its inputs, then the outer tensors its subgraphs read."""
+        return (*self.nodes[node_name].input, *self.implicit_inputs.get(node_name, ()))
+
     def index(self, node_name: str) -> int:
         """Position of a node in graph (topological) order."""
         return self.positions[node_name]
 
 
 def build(model: onnx.ModelProto) -> DataflowGraph:
-    """Index `model.graph` (top-level graph; subgraphs of If/Loop are not descended)."""
+    """Index `model.graph` (top-level graph).
+
+    Subgraphs of If/Loop/Scan are not indexed, but the outer tensors they read count as
+    inputs of their node (`implicit_inputs`, edges and consumers), so a node that reads a
+    tensor only inside a branch still depends on its producer.
+    """
     graph = model.graph
     nodes = {node.name: node for node in graph.node}
     if len(nodes) != len(graph.node) or "" in nodes:
         raise ModelError(_unnamed_or_repeated(graph))
     producer_of: dict[str, str] = {}
     consumers_of: dict[str, list[str]] = {}
+    implicit = {node.name: reads for node in graph.node if (reads := outer_reads(node))}
     for node in graph.node:
         for out in node.output:
             if out:
                 producer_of[out] = node.name
-        for inp in dict.fromkeys(node.input):
+        for inp in dict.fromkeys((*node.input, *implicit.get(node.name, ()))):
             if inp:
                 consumers_of.setdefault(inp, []).append(node.name)
     constants = {init.name: init for init in graph.initializer}
@@ -114,6 +126,7 @@ def build(model: onnx.ModelProto) -> DataflowGraph:
         elem_types=MappingProxyType(elem_types),
         shapes=MappingProxyType(shapes),
         positions=MappingProxyType({node.name: i for i, node in enumerate(graph.node)}),
+        implicit_inputs=MappingProxyType(implicit),
     )
 
 
@@ -127,6 +140,27 @@ def _unnamed_or_repeated(graph: onnx.GraphProto) -> str:
             return f"node name {node.name!r} is used twice; run canonicalize.name_nodes"
         seen.add(node.name)
     return "nodes need unique non-empty names"
+
+
+def outer_reads(node: onnx.NodeProto) -> tuple[str, ...]:
+    """Tensors the subgraphs of `node` (If branches, Loop/Scan bodies) read from outside, in order."""
+    found: dict[str, None] = {}
+    for attr in node.attribute:
+        for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+            found.update(dict.fromkeys(_free_names(sub)))
+    return tuple(found)
+
+
+def _free_names(graph: onnx.GraphProto) -> list[str]:
+    """Names read inside `graph` (nested subgraphs included) that `graph` does not define."""
+    defined = {i.name for i in (*graph.input, *graph.initializer)}
+    free: list[str] = []
+    for node in graph.node:
+        for name in (*node.input, *outer_reads(node)):
+            if name and name not in defined:
+                free.append(name)
+        defined.update(node.output)
+    return free
 
 
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:

@@ -37,13 +37,22 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    taken = {n.name for n in result.graph.node if n.name} | all_names(result)
+    return name_new_nodes(result)
+
+
+def name_new_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` (a copy the caller owns) with its nodes named as `name_nodes` names them, in place.
+
+    Every pass that can add nodes (the version converter's adapters, graphsurgeon's folding)
+    ends with it, so the graph index never meets an unnamed node whatever the pass order.
+    """
+    taken = {n.name for n in model.graph.node if n.name} | all_names(model)
     seen: set[str] = set()
-    for node in result.graph.node:
+    for node in model.graph.node:
         if not node.name or node.name in seen:
             node.name = unique_name(taken, node.name or node.op_type)
         seen.add(node.name)
-    return result
+    return model
 
 
 def upgrade_opset(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> onnx.ModelProto:
@@ -63,7 +72,7 @@ def upgrade_opset(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -
         raise PassError(f"upgrade_opset: cannot convert opset {current} to {TARGET_OPSET}: {e}") from e
     if converted.ir_version < 10:
         converted.ir_version = 10
-    return large_model.restore_weights(converted, weights)
+    return name_new_nodes(large_model.restore_weights(converted, weights))
 
 
 def infer_shapes(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> onnx.ModelProto:
@@ -104,7 +113,7 @@ def fold_constants(model: onnx.ModelProto, *, limits: SizeLimits | None = None) 
     graph.fold_constants(fold_shapes=True, error_ok=False).cleanup().toposort()
     result = export_graph(graph, model, stubs)
     logger.debug("fold_constants: %d -> %d nodes", before, len(result.graph.node))
-    return large_model.restore_weights(_with_inferred_shapes(result, limits), weights)
+    return name_new_nodes(large_model.restore_weights(_with_inferred_shapes(result, limits), weights))
 
 
 def import_graph(

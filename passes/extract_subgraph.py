@@ -56,7 +56,7 @@ def frontier(graph: DataflowGraph, nodes: set[str]) -> tuple[str, ...]:
     produced = {t for n in nodes for t in graph.nodes[n].output}
     seen: dict[str, None] = {}
     for name in sorted(nodes, key=graph.index):
-        for tensor in graph.nodes[name].input:
+        for tensor in graph.reads(name):
             if tensor and tensor not in produced and not graph.is_constant(tensor):
                 seen.setdefault(tensor)
     return tuple(seen)
@@ -72,7 +72,7 @@ def producing_nodes(graph: DataflowGraph, wanted: Iterable[str], available: set[
             continue
         nodes.add(producer)
         stack.extend(
-            t for t in graph.nodes[producer].input if t and t not in available and not graph.is_constant(t)
+            t for t in graph.reads(producer) if t and t not in available and not graph.is_constant(t)
         )
     return with_shape_producers(graph, nodes)
 
@@ -82,7 +82,7 @@ def subgraph(
 ) -> onnx.ModelProto:
     """A standalone model of `nodes` reading `inputs` and producing `outputs`."""
     kept = [n for n in model.graph.node if n.name in nodes]
-    read = {t for n in kept for t in n.input}
+    read = {t for n in kept for t in graph.reads(n.name)}
     constants = [init for init in model.graph.initializer if init.name in read]
     constant_nodes = [
         n for n in model.graph.node if n.op_type == "Constant" and n.name not in nodes and n.output[0] in read

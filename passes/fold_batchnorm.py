@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from onnxmp import large_model
 from onnxmp.encodings import PROVENANCE_PREFIX
 from onnxmp.graph import DataflowGraph, all_names, attributes, output_channel_axis, unique_name
-from onnxmp.passes.canonicalize import export_graph, import_graph
+from onnxmp.passes.canonicalize import export_graph, import_graph, name_new_nodes
 from onnxmp.quant_math import broadcast_shape
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def fold_batchnorm(model: onnx.ModelProto, *, limits: large_model.SizeLimits | N
     for init in result.graph.initializer:
         if init.name in provenance:  # so encodings can name the user's tensor
             init.doc_string = f"{PROVENANCE_PREFIX}{provenance[init.name]}"
-    return large_model.restore_weights(result, weights)
+    return name_new_nodes(large_model.restore_weights(result, weights))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import quant_math
 from onnxmp.encodings import EncodingSet
-from onnxmp.graph import all_names, unique_name
+from onnxmp.graph import all_names, outer_reads, unique_name
 from onnxmp.records import Grid, GroupAnalysis, Plan, TensorEncoding
 
 Encodings = Mapping[tuple[str, int], TensorEncoding]
@@ -148,7 +148,7 @@ def insert_quantizers(model: onnx.ModelProto, quantizers: EncodingSet, *, weight
         act_nodes[tensor] = nodes
         graph.initializer.extend(inits)
     _rewire(graph, renamed, weight_nodes, act_nodes, dropped)
-    used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+    used = {t for n in graph.node for t in (*n.input, *outer_reads(n))} | {o.name for o in graph.output}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
