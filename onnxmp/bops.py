@@ -37,7 +37,7 @@ _FOLD_ROUNDS = 4
 def concrete_graph(
     model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]], *, limits: large_model.SizeLimits | None = None
 ) -> DataflowGraph:
-    """Index of a copy of `model` whose inputs have the given shapes (batch forced to 1).
+    """Index of a copy of `model` whose inputs have the given shapes (one run's feeds).
 
     Shape inference alone leaves a dynamic sequence axis unknown when it reaches a MatMul
     through a Slice whose end is computed (Shape -> Gather -> Unsqueeze): ONNX reads Slice
@@ -55,7 +55,7 @@ def concrete_graph(
     for info in fixed.graph.input:
         if info.name not in sample_shapes:
             continue
-        shape = [1, *list(sample_shapes[info.name])[1:]]
+        shape = list(sample_shapes[info.name])
         dims = info.type.tensor_type.shape.dim
         for dim, value in zip(dims, shape, strict=True):
             dim.Clear()

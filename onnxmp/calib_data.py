@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import math
 import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from onnxmp.errors import CalibrationError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 LABEL_KEY = "label"
+SAMPLE_AXIS_PREFIX = "sample_axis/"  # `sample_axis/<input>`: a rank-0 int, the model axis holding the samples
+
+logger = logging.getLogger(__name__)
 
 
 class Preprocess(enum.Enum):
@@ -36,18 +40,42 @@ class Preprocess(enum.Enum):
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """Model inputs for calibration, all with the same number of samples."""
+    """Model inputs for calibration, all with the same number of samples.
+
+    `arrays` hold the per-sample inputs with the samples on axis 0, whatever axis of the
+    model input holds them (`sample_axes`: that axis where it is not 0; None when each
+    sample is one whole feed, run alone). `shared` inputs take one value for every sample
+    (a rank-0 sample rate). `run_size` is the number of samples every ONNX Runtime run must
+    take when the model fixes it (a static batch dimension): `batches` then ignores the
+    size it is asked for.
+    """
 
     arrays: Mapping[str, np.ndarray]
+    sample_axes: Mapping[str, int | None] = field(default_factory=dict)
+    shared: Mapping[str, np.ndarray] = field(default_factory=dict)
+    run_size: int | None = None
 
     @property
     def num_samples(self) -> int:
         return len(next(iter(self.arrays.values())))
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Feeds of at most `batch_size` samples, in order (deterministic)."""
-        for start in range(0, self.num_samples, batch_size):
-            yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
+        """Feeds of at most `batch_size` samples (`run_size` when set), in order (deterministic)."""
+        size = self.run_size or batch_size
+        for start in range(0, self.num_samples, size):
+            feeds = {k: self._feed(k, v[start : start + size]) for k, v in self.arrays.items()}
+            yield {**feeds, **self.shared}
+
+    def feed_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each input's feed for one run of `run_size` samples (1 when free)."""
+        first = {k: v[: self.run_size or 1] for k, v in self.arrays.items()}
+        return {k: self._feed(k, v).shape for k, v in first.items()} | {k: v.shape for k, v in self.shared.items()}
+
+    def _feed(self, name: str, chunk: np.ndarray) -> np.ndarray:
+        axis = self.sample_axes.get(name, 0)
+        if axis is None:  # one whole feed per sample: run_size is 1
+            return chunk[0]
+        return np.moveaxis(chunk, 0, axis) if axis else chunk
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -55,6 +83,10 @@ class CalibrationSet:
             arr = np.ascontiguousarray(self.arrays[name])
             digest.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
             digest.update(arr.tobytes())
+        for name in sorted(self.shared):  # layouts other than the default change the feeds
+            digest.update(f"shared {name}:{self.shared[name].dtype}:{self.shared[name].tobytes().hex()}".encode())
+        if self.sample_axes or self.run_size:
+            digest.update(f"axes {sorted(self.sample_axes.items(), key=str)} run {self.run_size}".encode())
         return digest.hexdigest()
 
 
@@ -89,9 +121,7 @@ def load_arrays(path: str | Path, model: onnx.ModelProto, *, limit: int | None =
                 arrays = {k: data[k] for k in data.files if k != LABEL_KEY}
     except _UNREADABLE as e:
         raise CalibrationError(f"{path}: cannot read calibration data: {_why(e)}") from e
-    if limit is not None:
-        arrays = {k: v[:limit] for k, v in arrays.items()}
-    return validate(arrays, inputs, str(path))
+    return validate(arrays, inputs, str(path), limit=limit)
 
 
 # what numpy raises on a damaged .npz/.npy: a truncated zip, a bad CRC or deflate stream,
@@ -118,30 +148,98 @@ def _check_tensor_inputs(model: onnx.ModelProto, where: str) -> None:
         _numeric_dtype(name, elem_type, where)
 
 
-def validate(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, tuple], where: str) -> CalibrationSet:
-    """Check names, dtypes, shapes and finiteness of `arrays` against the model's inputs."""
+def validate(
+    arrays: Mapping[str, np.ndarray], inputs: Mapping[str, tuple], where: str, *, limit: int | None = None
+) -> CalibrationSet:
+    """Check names, dtypes, shapes and finiteness of `arrays` against the model's inputs.
+
+    Layouts (README, "Calibration data"): samples on axis 0 of each input by default, or on
+    the axis a rank-0 int array `sample_axis/<input>` names; an array with one axis more than
+    its input holds one whole feed per sample (run one at a time); a rank-0 array for a
+    rank-0 input is one value for every sample. A static dimension at an input's sample axis
+    fixes the samples per run (`run_size`); samples beyond a multiple of it are dropped.
+    `limit` keeps the first samples only.
+    """
+    axes = _sample_axes(arrays, inputs, where)
+    arrays = {k: v for k, v in arrays.items() if not k.startswith(SAMPLE_AXIS_PREFIX)}
     missing = sorted(set(inputs) - set(arrays))
     if missing:
         raise CalibrationError(f"{where}: no data for model input {missing[0]!r} (found: {', '.join(sorted(arrays))})")
     extra = sorted(set(arrays) - set(inputs))
     if extra:
         raise CalibrationError(f"{where}: {extra[0]!r} is not a model input (inputs: {', '.join(inputs)})")
-    counts = set()
+    per_sample, shared, sample_axes, static = {}, {}, {}, {}
     for name, (elem_type, dims) in inputs.items():
-        arr = np.asarray(arrays[name])
-        expected = _numeric_dtype(name, elem_type, where)
-        if arr.dtype != expected:
-            raise CalibrationError(f"{where}: {name}: dtype {arr.dtype}, model expects {expected}")
-        if arr.ndim != len(dims) or any(d is not None and d != s for d, s in zip(dims[1:], arr.shape[1:], strict=True)):
+        arr = _checked(arrays[name], name, elem_type, where)
+        if arr.ndim == 0 and not dims:
+            shared[name] = arr
+            continue
+        axis = None if arr.ndim == len(dims) + 1 else axes.get(name, 0)
+        layout = dims if axis is None else (*dims[:axis], *dims[axis + 1 :])
+        samples_first = np.moveaxis(arr, axis, 0) if axis and arr.ndim == len(dims) else arr
+        if arr.ndim not in (len(dims), len(dims) + 1) or any(
+            d is not None and d != s for d, s in zip(layout, samples_first.shape[1:], strict=True)
+        ):
             raise CalibrationError(f"{where}: {name}: shape {arr.shape}, model expects {_show(dims)}")
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise CalibrationError(f"{where}: {name}: contains NaN or inf")
-        if arr.shape[0] == 0:
+        if samples_first.shape[0] == 0:
             raise CalibrationError(f"{where}: {name}: no samples")
-        counts.add(arr.shape[0])
+        per_sample[name] = samples_first if limit is None else samples_first[:limit]
+        if axis != 0:
+            sample_axes[name] = axis
+        static[name] = 1 if axis is None else dims[axis]
+    return _with_run_size(CalibrationSet(per_sample, sample_axes, shared), static, where)
+
+
+def _sample_axes(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, tuple], where: str) -> dict[str, int]:
+    """The `sample_axis/<input>` entries, checked against the inputs' ranks."""
+    axes = {}
+    for key in (k for k in arrays if k.startswith(SAMPLE_AXIS_PREFIX)):
+        name, value = key[len(SAMPLE_AXIS_PREFIX) :], arrays[key]
+        if name not in inputs:
+            raise CalibrationError(f"{where}: {key!r} names no model input (inputs: {', '.join(inputs)})")
+        rank = len(inputs[name][1])
+        if value.ndim != 0 or value.dtype.kind not in "iu" or not 0 <= int(value) < rank:
+            raise CalibrationError(f"{where}: {key!r} must be one integer in 0..{rank - 1} (the axis of {name!r} holding the samples)")
+        axes[name] = int(value)
+    return axes
+
+
+def _checked(arr: np.ndarray, name: str, elem_type: int, where: str) -> np.ndarray:
+    """`arr` after the checks that need no layout: dtype, finiteness; warns on a constant input."""
+    arr = np.asarray(arr)
+    expected = _numeric_dtype(name, elem_type, where)
+    if arr.dtype != expected:
+        raise CalibrationError(f"{where}: {name}: dtype {arr.dtype}, model expects {expected}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise CalibrationError(f"{where}: {name}: contains NaN or inf")
+        if arr.ndim and arr.size and arr.min() == arr.max():
+            logger.warning("%s: %s: every calibration value is %g (zero range): its quantizer learns nothing from this data",
+                           where, name, float(arr.flat[0]))
+    return arr
+
+
+def _with_run_size(calib: CalibrationSet, static: Mapping[str, int | None], where: str) -> CalibrationSet:
+    """`calib` with the samples per run the model's static batch dimensions fix (if any)."""
+    counts = {len(v) for v in calib.arrays.values()}
     if len(counts) > 1:
         raise CalibrationError(f"{where}: inputs have different sample counts {sorted(counts)}")
-    return CalibrationSet({k: arrays[k] for k in inputs})
+    fixed = {d for d in static.values() if d is not None}
+    if not fixed:
+        return calib
+    if len(fixed) > 1:
+        raise CalibrationError(f"{where}: inputs fix different batch sizes {sorted(fixed)} at their sample axes")
+    run_size, count = fixed.pop(), counts.pop()
+    if count < run_size:
+        raise CalibrationError(f"{where}: the model runs {run_size} samples at a time (a static batch dimension); found {count}")
+    kept = count - count % run_size
+    logger.info("%s: the model fixes %d samples per run (a static batch dimension): runs go chunk by chunk at that size",
+                where, run_size)
+    if kept < count:
+        logger.warning("%s: the model runs %d samples at a time; the last %d of %d samples are left out",
+                       where, run_size, count - kept, count)
+    arrays = {k: v[:kept] for k, v in calib.arrays.items()}
+    return CalibrationSet(arrays, calib.sample_axes, calib.shared, run_size)
 
 
 def _numeric_dtype(name: str, elem_type: int, where: str) -> np.dtype:

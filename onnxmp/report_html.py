@@ -137,7 +137,8 @@ def _sensitivity_figure(groups: Sequence[QuantizerGroup], table: SensitivityTabl
                 ax.text(x, top, "∞", ha="center", va="bottom")
     ax.set_xticks(range(len(groups)), [g.id for g in groups], rotation=45, ha="right")
     ax.set_ylabel("SQNR, group alone (dB)")
-    ax.legend(ncols=min(len(order), 6), loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    if seen:  # no groups, no bars: a legend of nothing makes matplotlib warn on stderr
+        ax.legend(ncols=min(len(order), 6), loc="upper center", bbox_to_anchor=(0.5, 1.15))
     return fig
 
 

@@ -8,7 +8,7 @@ returns it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +101,7 @@ class Calibrated:
     prepared: Prepared
     encodings: Mapping[tuple[str, int], TensorEncoding]
     calib: CalibrationSet
-    reference: Mapping[str, np.ndarray]
+    reference: Mapping[str, Sequence[np.ndarray]]  # float outputs, one array per run
     timings: Mapping[str, float] = field(default_factory=dict)  # prepare_s, calibrate_s
 
 

@@ -20,6 +20,7 @@ from onnxmp.errors import CalibrationError, ModelError, OnnxmpError, PassError, 
 from onnxmp.hw_profile import HwProfile
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
+from onnxmp.passes.check_canonical import check_canonical
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.phase1.measure import measure, reference_outputs
@@ -27,6 +28,8 @@ from onnxmp.records import Candidate, ParetoPoint, Plan, SensitivityTable
 from onnxmp.run_records import Calibrated, Decision, Prepared, Settings, homogeneous_plan
 
 logger = logging.getLogger(__name__)
+
+CHECK_SAMPLES = 4  # samples of the first calibration run on which canonicalization is checked
 
 Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
 
@@ -67,15 +70,20 @@ def prepare(
     """
     canonical = run_passes(model, CANONICALIZE, verify=verify)
     index = graph.build(canonical)
-    analysis = quantizer_groups(index, profile)
     if calib is not None:
-        sample_shapes = {name: arr.shape for name, arr in calib.arrays.items()}
+        check_canonical(model, canonical, next(calib.batches(CHECK_SAMPLES)), CANONICALIZE)
+    analysis = quantizer_groups(index, profile)
+    if not analysis.groups:
+        logger.warning("nothing to quantize: no op of this model has a kernel on profile %s (%d ops stay float; "
+                       "`onnxmp groups` says why); the output model computes in float", profile.name, len(analysis.skipped))
+    if calib is not None:
+        sample_shapes = calib.feed_shapes()
     else:
         inputs = calib_data.model_inputs(canonical)
         unknown = sorted(set(input_shapes or {}) - set(inputs))
         if unknown:
             raise CalibrationError(f"--input-shape: the model has no input {unknown[0]!r} (inputs: {', '.join(inputs)})")
-        sample_shapes = {name: (1, *[d or 1 for d in dims[1:]]) for name, (_, dims) in inputs.items()}
+        sample_shapes = {name: tuple(d or 1 for d in dims) for name, (_, dims) in inputs.items()}
         sample_shapes.update({name: tuple(shape) for name, shape in (input_shapes or {}).items()})
     macs = bops.macs_per_op(bops.concrete_graph(canonical, sample_shapes))
     return Prepared(

@@ -23,6 +23,7 @@ from onnxmp import large_model
 from onnxmp.errors import PassError
 from onnxmp.graph import all_names, unique_name
 from onnxmp.large_model import SizeLimits
+from onnxmp.passes.fix_legacy_ops import fix_legacy_ops
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,15 @@ def name_new_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 def upgrade_opset(model: onnx.ModelProto, *, limits: SizeLimits | None = None) -> onnx.ModelProto:
     """Return a copy at opset 21 (the first with int4/uint4 and int16 QuantizeLinear).
 
-    Models already at 21 or above are returned as an unchanged copy.
+    Models already at 21 or above are returned as an unchanged copy. Ops whose meaning
+    changed in ways the converter misses are rewritten first (`fix_legacy_ops`).
     """
     current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if current >= TARGET_OPSET:
         result = onnx.ModelProto()
         result.CopyFrom(model)
         return result
+    model = fix_legacy_ops(model)  # semantics the converter's adapters do not carry over
     weights = large_model.large_weights(model, limits=limits)
     try:
         converted = version_converter.convert_version(_private_copy(model, weights), TARGET_OPSET)

@@ -36,10 +36,12 @@ def test_conv_macs_from_shapes(stride, pad, dilation, group, out_size, macs):
     assert _macs(model, {"x": (1, 4, 10, 10)}) == {"conv": macs}
 
 
-def test_macs_are_per_sample():
-    # the calibration batch (here 8) is replaced by 1
+def test_macs_come_from_the_feed_shapes_given():
+    # callers give one sample's feed (calib_data.CalibrationSet.feed_shapes); a feed of 8
+    # samples costs 8 x 13824 (the input is not forced to batch 1: its samples may sit on any axis)
     model = builders.conv_geometry(stride=1, pad=0, dilation=1, group=1)
-    assert _macs(model, {"x": (8, 4, 10, 10)}) == {"conv": 13824}
+    assert _macs(model, {"x": (1, 4, 10, 10)}) == {"conv": 13824}
+    assert _macs(model, {"x": (8, 4, 10, 10)}) == {"conv": 8 * 13824}
 
 
 def test_depthwise_and_pointwise_macs():
@@ -60,7 +62,7 @@ def test_gemm_macs_either_weight_layout(trans_b):
 
 def test_batched_matmul_macs():
     # x[1,2,3,5] @ w[2,5,7] -> [1,2,3,7] = 42 outputs x 5 = 210
-    assert _macs(builders.batched_matmul(), {"x": (4, 2, 3, 5)}) == {"mm": 210}
+    assert _macs(builders.batched_matmul(), {"x": (1, 2, 3, 5)}) == {"mm": 210}
 
 
 def test_activation_matmul_macs():
@@ -86,8 +88,19 @@ def test_concrete_graph_leaves_model_unchanged():
     model = builders.canonical(builders.conv_relu()).model
     before = model.SerializeToString()
     graph = bops.concrete_graph(model, {"x": (5, 3, 8, 8)})
-    assert graph.shapes["y"] == (1, 4, 8, 8)
+    assert graph.shapes["y"] == (5, 4, 8, 8)
     assert model.SerializeToString() == before
+
+
+def test_scalar_and_state_inputs_keep_their_shapes():
+    # issue 9: a rank-0 input broke concrete_graph; a state [2, batch, 3] keeps its batch on axis 1
+    from tests import hard_models
+
+    model = builders.canonical(hard_models.stateful()).model
+    graph = bops.concrete_graph(model, {"x": (1, 4), "state": (2, 1, 3), "rate": ()})
+    assert graph.shapes["state_out"] == (2, 1, 3)
+    # mm_in: [1,4] x [4,3] = 3 outputs x 4; mm_state: [1,3] x [3,3] = 3 outputs x 3
+    assert bops.macs_per_op(graph) == {"mm_in": 12, "mm_state": 9}
 
 
 def test_op_bits():

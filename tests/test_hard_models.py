@@ -8,7 +8,9 @@ loads and runs on the calibration data, and a finite measured SQNR in plan.json.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,48 @@ def test_control_flow_quantizes_the_graph_around_float_subgraphs(name, tmp_path)
 
 def test_opset11_softmax_on_4d_input_runs(tmp_path):
     assert_quantized(quantize_hard("softmax_opset11", tmp_path, "--target-bops", "0.3"), tmp_path, "softmax_opset11")
+
+
+@pytest.mark.parametrize("name", ["static_batch", "static_batch_reshape"])
+def test_static_batch_runs_chunk_by_chunk_at_the_models_batch(name, tmp_path):
+    # 20 samples, input [1,...]: every run takes one sample (ORT refuses 16)
+    assert_quantized(quantize_hard(name, tmp_path, "--target-bops", "0.3"), tmp_path, name)
+
+
+def test_static_batch_results_match_a_batch1_run(tmp_path):
+    # the same samples at --batch-size 1 give the same SQNR: chunking only at the model's size
+    first = quantize_hard("static_batch", tmp_path / "a", "--bits", "W8A8") if (tmp_path / "a").mkdir() is None else None
+    second = quantize_hard("static_batch", tmp_path / "b", "--bits", "W8A8", "--batch-size", "1") if (tmp_path / "b").mkdir() is None else None
+    plans = [json.loads((tmp_path / d / "out" / "plan.json").read_text()) for d in ("a", "b")]
+    assert first.exit_code == second.exit_code == 0
+    assert plans[0]["measured_sqnr_db"] == plans[1]["measured_sqnr_db"]
+
+
+def test_scalar_input_and_output(tmp_path):
+    assert_quantized(quantize_hard("scalar_io", tmp_path, "--target-bops", "0.3"), tmp_path, "scalar_io")
+
+
+def test_stateful_model_with_samples_on_axis_1_and_a_scalar_rate(tmp_path):
+    assert_quantized(quantize_hard("stateful", tmp_path, "--target-bops", "0.3"), tmp_path, "stateful")
+
+
+def test_nothing_to_quantize_says_so_in_one_line(tmp_path, caplog):
+    # (under pytest, log records reach caplog instead of stderr; warnings are recorded here)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        result = quantize_hard("nothing_to_quantize", tmp_path, "--bits", "W8A8")
+    assert result.exit_code == 0, result.output
+    assert [r.getMessage()[:19] for r in caplog.records] == ["nothing to quantize"]
+    assert "profile npu (1 ops stay float" in caplog.text
+    assert [str(w.message) for w in caught] == []  # matplotlib's empty-legend warning included
+
+
+def test_all_zero_calibration_input_warns_naming_it(tmp_path, caplog):
+    model_path, calib_path = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(hard_models.static_batch(1), model_path)
+    np.savez(calib_path, x=np.zeros((4, 3, 6, 6), np.float32))
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main, ["quantize", str(model_path), "--profile", "npu", "--calib", str(calib_path),
+                                           "-o", str(tmp_path / "out"), "--bits", "W8A8", "--executor", "local"])
+    assert result.exit_code == 0, result.output
+    assert "c.npz: x: every calibration value is 0 (zero range)" in caplog.text

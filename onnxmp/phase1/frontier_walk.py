@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from onnxmp import runtime
+from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph
 from onnxmp.passes.extract_subgraph import frontier, producing_nodes, subgraph
 
@@ -46,7 +47,7 @@ class FrontierWalk:
         self,
         model: onnx.ModelProto,
         graph: DataflowGraph,
-        inputs: Mapping[str, np.ndarray],
+        inputs: CalibrationSet | Mapping[str, np.ndarray],
         frontiers: Sequence[Sequence[str]],
         *,
         batch_size: int,
@@ -56,15 +57,16 @@ class FrontierWalk:
         self._model, self._graph = model, graph
         self._batch_size, self._threads, self._budget = batch_size, threads, budget_bytes
         self._frontiers = [tuple(f) for f in frontiers]
-        self._count = len(next(iter(inputs.values())))
-        self._starts = range(0, self._count, batch_size)
+        calib = inputs if isinstance(inputs, CalibrationSet) else CalibrationSet(inputs)
+        self._count = calib.num_samples
+        self._starts = range(0, self._count, calib.run_size or batch_size)
         # the checkpoint, chunk by chunk: ONNX Runtime's output arrays are kept as they come
         # (joining them into one array per tensor cost a copy and fresh pages: 4 s per walk
-        # of EfficientNet-Lite0); inputs are views
-        self._stored: dict[str, list[np.ndarray]] = {
-            name: [value[start : start + batch_size] for start in self._starts] for name, value in inputs.items()
-        }
-        self._inputs, self._input_bytes = set(inputs), sum(v.nbytes for v in inputs.values())
+        # of EfficientNet-Lite0); inputs are the feeds of `calib.batches` (views when they can be)
+        feeds = list(calib.batches(batch_size))
+        self._stored: dict[str, list[np.ndarray]] = {name: [f[name] for f in feeds] for name in feeds[0]}
+        self._inputs = set(feeds[0])
+        self._input_bytes = sum(v.nbytes for v in (*calib.arrays.values(), *calib.shared.values()))
         self._keep = _still_read(self._frontiers, set(graph.graph_inputs))
         self._step = -1
         self._segment: tuple | None = None  # (wanted, session, inputs) of the last computed segment
@@ -99,12 +101,13 @@ class FrontierWalk:
         computed = self._computed(tuple(wanted))
         filled: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         per_sample = _per_sample_bytes(self._graph, wanted)
-        if per_sample is None:  # symbolic dims: measure the first chunk (and keep it)
+        total = None if per_sample is None else per_sample * self._count
+        if total is None:  # symbolic dims (or samples off axis 0): measure the first chunk (and keep it)
             first = next(computed)[1]
-            per_sample = sum(v[:1].nbytes for v in first.values())
+            total = sum(v.nbytes for v in first.values()) * len(self._starts)
             for name, value in first.items():
                 filled[name].append(value)
-        if per_sample * self._count > self._budget:
+        if total > self._budget:
             return
         for _, values in computed:
             for name, value in values.items():

@@ -17,6 +17,7 @@ from types import MappingProxyType
 import numpy as np
 
 from onnxmp import model_io
+from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, build
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
@@ -41,8 +42,8 @@ class Phase1Job:
     groups: tuple[QuantizerGroup, ...]
     anchors: Mapping[str, str]
     encodings: Mapping[tuple[str, int], TensorEncoding]
-    inputs: Mapping[str, np.ndarray]
-    reference: Mapping[str, np.ndarray]
+    inputs: CalibrationSet
+    reference: Mapping[str, Sequence[np.ndarray]]  # float outputs, one array per run
     pending: frozenset[tuple[str, Candidate]]
     batch_size: int
     quantize_bias: bool

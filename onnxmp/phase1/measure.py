@@ -8,7 +8,7 @@ batch size, and no epsilon, so a quantizer that changes nothing gives +inf dB.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,8 @@ import onnx
 from onnxmp import calib_data, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.phase1.frontier_walk import Chunk
+
+Reference = Mapping[str, Sequence[np.ndarray]]  # float outputs by name, one array per run
 
 
 @dataclass(frozen=True)
@@ -38,51 +40,60 @@ class OutputNoise:
         return math.inf if ratio == 0 else -10 * math.log10(ratio)
 
 
-def reference_outputs(model: onnx.ModelProto, calib: CalibrationSet, *, batch_size: int) -> dict[str, np.ndarray]:
-    """Float outputs over all samples, by output name (outputs only, never intermediates)."""
+def reference_outputs(model: onnx.ModelProto, calib: CalibrationSet, *, batch_size: int) -> Reference:
+    """Float outputs run by run (the feeds of `calib.batches(batch_size)`), by output name.
+
+    Kept per run, not joined: an output's samples may sit on any axis (a recurrent state
+    [2, batch, 128]) or on none (a rank-0 total), and every measurement runs the same feeds.
+    """
     sess = runtime.session(model)
-    batches = list(runtime.run_batches(sess, calib.batches(batch_size)))
-    outputs = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+    runs = list(runtime.run_batches(sess, calib.batches(batch_size)))
     calib_data.check_finite_ranges({  # an overflowed output would make every SQNR NaN
-        name: (float(a.min()), float(a.max())) for name, a in outputs.items()
-        if a.size and np.issubdtype(a.dtype, np.floating)
+        name: (min(float(r[name].min()) for r in runs), max(float(r[name].max()) for r in runs))
+        for name in runs[0] if runs[0][name].size and np.issubdtype(runs[0][name].dtype, np.floating)
     })
-    return outputs
+    return {name: tuple(run[name] for run in runs) for name in runs[0]}
 
 
 def measure(
     model: onnx.ModelProto | str,
     calib: CalibrationSet,
-    reference: Mapping[str, np.ndarray],
+    reference: Reference,
     *,
     batch_size: int,
     simulate: bool = True,
 ) -> OutputNoise:
     """Signal and noise of the whole `model`'s outputs (a model or its path) against the float
     `reference`; `simulate=False` runs it as deployed (ONNX Runtime's QDQ rewrites on)."""
-    chunks = zip(range(0, calib.num_samples, batch_size), calib.batches(batch_size), strict=True)
+    chunks = zip(range(0, calib.num_samples, calib.run_size or batch_size), calib.batches(batch_size), strict=True)
     return measure_chunks(model, chunks, reference, signal_of(reference), simulate=simulate)
 
 
 def measure_chunks(
     model: onnx.ModelProto | str,
     chunks: Iterator[Chunk],
-    reference: Mapping[str, np.ndarray],
+    reference: Reference,
     signal: Mapping[str, float],
     *,
     threads: int | None = None,
     simulate: bool = True,
 ) -> OutputNoise:
-    """Noise of the outputs against the float reference; outputs `model` lacks add signal only."""
+    """Noise of the outputs against the float reference; outputs `model` lacks add signal only.
+
+    The k-th chunk is compared with the k-th run of `reference` (the same feeds).
+    """
     noise = dict.fromkeys(reference, 0.0)
     sess = runtime.session(model, threads=threads, shared_arena=True, simulate=simulate)
     names = [o.name for o in sess.get_outputs()]
-    for start, feeds in chunks:
+    for k, (_, feeds) in enumerate(chunks):
         for name, got in zip(names, sess.run(names, feeds), strict=True):
-            noise[name] += quant_math.signal_and_noise(reference[name][start : start + len(got)], got)[1]
+            want = reference[name][k]
+            if want.shape != got.shape:
+                raise ValueError(f"output {name}: run {k} gives {got.shape}, the reference {want.shape} (batch sizes differ?)")
+            noise[name] += quant_math.signal_and_noise(want, got)[1]
     return OutputNoise(tuple(signal[n] for n in reference), tuple(noise[n] for n in reference))
 
 
-def signal_of(reference: Mapping[str, np.ndarray]) -> dict[str, float]:
+def signal_of(reference: Reference) -> dict[str, float]:
     """Sum of squares of each float output over all samples (the same for every evaluation)."""
-    return {name: quant_math.signal_and_noise(want, want)[0] for name, want in reference.items()}
+    return {name: sum(quant_math.signal_and_noise(run, run)[0] for run in runs) for name, runs in reference.items()}

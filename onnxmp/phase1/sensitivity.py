@@ -15,7 +15,7 @@ Rule cases:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +46,7 @@ class Phase1Context:
     analysis: GroupAnalysis
     encodings: Mapping[tuple[str, int], TensorEncoding]
     calib: CalibrationSet
-    reference: Mapping[str, np.ndarray]
+    reference: Mapping[str, Sequence[np.ndarray]]  # float outputs, one array per run (measure.reference_outputs)
     batch_size: int = 16
     quantize_bias: bool = False
 
@@ -122,7 +122,7 @@ def split_jobs(
     return [
         Phase1Job(
             model=packed, groups=tuple(order), anchors=dict(context.analysis.anchors),
-            encodings=dict(context.encodings), inputs=dict(context.calib.arrays), reference=context.reference,
+            encodings=dict(context.encodings), inputs=context.calib, reference=context.reference,
             pending=frozenset((g.id, c) for g in chunk for c in g.candidates if (g.id, c) in pending),
             batch_size=context.batch_size, quantize_bias=context.quantize_bias, threads=placement.threads,
         )
