@@ -79,6 +79,7 @@ def run_options(command):
         click.option("--encodings-version", type=click.Choice(["1.0.0", "0.6.1"]), default="1.0.0", show_default=True,
                      help="AIMET encodings format of out/encodings.json."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for strategies that draw."),
+        click.option("--strict", is_flag=True, help="Refuse a model with nothing to quantize (default: a warning)."),
     ]):
         command = option(command)
     return common_options(command)
@@ -110,6 +111,7 @@ class RunOptions:
     ray_address: str | None
     encodings_version: str
     seed: int
+    strict: bool
     verbose: int
     debug: bool
 
@@ -118,7 +120,7 @@ class RunOptions:
             range_method=RangeMethod(self.range_method), batch_size=self.batch_size, seed=self.seed,
             strategy=Strategy(self.strategy), search=SearchMethod(self.search), executor=ExecutorKind(self.executor),
             workers=self.workers, ray_address=self.ray_address, encodings_version=self.encodings_version,
-            require_stored=require_stored, verify=self.debug,
+            require_stored=require_stored, verify=self.debug, strict=self.strict,
         )
 
     def evaluator(self) -> evaluate.Evaluate | None:

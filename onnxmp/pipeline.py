@@ -17,7 +17,7 @@ import onnx
 from onnxmp import encodings as encodings_format
 from onnxmp import model_io, output_folder, runtime, versions
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.errors import BudgetError
+from onnxmp.errors import BudgetError, ModelError
 from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers, quantizers_for
@@ -186,6 +186,8 @@ def quantize(
     model, loaded_profile, calib_set = load_inputs(model, profile, calib)
     with output_folder.locked(Path(output_dir)) as folder:  # one run at a time per folder
         prepared = prepare(model, loaded_profile, calib_set, verify=settings.verify)
+        if settings.strict and not prepared.analysis.groups:
+            raise ModelError(f"nothing to quantize on profile {loaded_profile.name} (--strict): no op has a kernel")
         del model  # a model loaded here lives on in prepared.model only
         calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start)
         decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)

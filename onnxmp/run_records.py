@@ -41,7 +41,7 @@ class Settings:
     store key; the executor is not (every executor gives identical results). `workers=None`
     lets `executors.executor_for` pick (one worker per 4 cores). `require_stored` is the
     `search` command's mode: phase 1 must already be in the store. `verify` runs the ONNX
-    checker after every pass."""
+    checker after every pass. `strict` refuses a model with nothing to quantize."""
 
     range_method: RangeMethod = RangeMethod.MSE
     batch_size: int = 16
@@ -54,6 +54,7 @@ class Settings:
     encodings_version: str = "1.0.0"
     require_stored: bool = False
     verify: bool = False
+    strict: bool = False
 
 
 @dataclass(frozen=True)

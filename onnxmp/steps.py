@@ -22,9 +22,10 @@ from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.check_canonical import check_canonical
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_ops
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.phase1.measure import measure, reference_outputs
-from onnxmp.records import Candidate, ParetoPoint, Plan, SensitivityTable
+from onnxmp.records import Candidate, GroupAnalysis, ParetoPoint, Plan, SensitivityTable
 from onnxmp.run_records import Calibrated, Decision, Prepared, Settings, homogeneous_plan
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def prepare(
     MACs (and so BOPs) are per sample at the shapes the run sees: the calibration samples'
     shapes; without calibration data (`onnxmp groups`), `input_shapes` (`--input-shape
     input_ids=1x128`) and, for inputs not named there, the model's input shapes with
-    unknown dimensions taken as 1.
+    unknown dimensions taken as 1. Shapes inference cannot give come from one run (`_macs`).
     """
     canonical = run_passes(model, CANONICALIZE, verify=verify)
     index = graph.build(canonical)
@@ -76,16 +77,7 @@ def prepare(
     if not analysis.groups:
         logger.warning("nothing to quantize: no op of this model has a kernel on profile %s (%d ops stay float; "
                        "`onnxmp groups` says why); the output model computes in float", profile.name, len(analysis.skipped))
-    if calib is not None:
-        sample_shapes = calib.feed_shapes()
-    else:
-        inputs = calib_data.model_inputs(canonical)
-        unknown = sorted(set(input_shapes or {}) - set(inputs))
-        if unknown:
-            raise CalibrationError(f"--input-shape: the model has no input {unknown[0]!r} (inputs: {', '.join(inputs)})")
-        sample_shapes = {name: tuple(d or 1 for d in dims) for name, (_, dims) in inputs.items()}
-        sample_shapes.update({name: tuple(shape) for name, shape in (input_shapes or {}).items()})
-    macs = bops.macs_per_op(bops.concrete_graph(canonical, sample_shapes))
+    macs = _macs(canonical, analysis, calib, input_shapes)
     return Prepared(
         original=model_io.weightless(model, model_io.weights(model, min_bytes=0)),
         model=canonical,
@@ -101,6 +93,38 @@ def prepare(
             "calibration": calib.fingerprint() if calib is not None else "none",
         },
     )
+
+
+def _macs(
+    canonical: onnx.ModelProto,
+    analysis: GroupAnalysis,
+    calib: CalibrationSet | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> dict[str, int]:
+    """MACs per op for one run's feeds; shapes inference cannot give come from running one run.
+
+    Without calibration data unknown dimensions count as 1 (or `input_shapes`), and ops
+    whose MACs stay unknown are named in a warning (they would cost 0 BOPs).
+    """
+    if calib is not None:
+        sample_shapes = calib.feed_shapes()
+    else:
+        inputs = calib_data.model_inputs(canonical)
+        unknown_inputs = sorted(set(input_shapes or {}) - set(inputs))
+        if unknown_inputs:
+            raise CalibrationError(f"--input-shape: the model has no input {unknown_inputs[0]!r} (inputs: {', '.join(inputs)})")
+        sample_shapes = {name: tuple(d or 1 for d in dims) for name, (_, dims) in inputs.items()}
+        sample_shapes.update({name: tuple(shape) for name, shape in (input_shapes or {}).items()})
+    concrete = bops.concrete_graph(canonical, sample_shapes)
+    macs = bops.macs_per_op(concrete)
+    unknown = unknown_mac_ops(concrete, analysis, macs)
+    if unknown and calib is not None:
+        macs |= macs_with_observed_shapes(canonical, concrete, unknown, next(calib.batches(1)))
+        unknown = unknown_mac_ops(concrete, analysis, macs)
+    if unknown:
+        logger.warning("MACs of %d quantized ops are unknown (e.g. %s: shapes not inferable); they count 0 BOPs",
+                       len(unknown), unknown[0])
+    return macs
 
 
 def calibrate_ranges(

@@ -101,3 +101,11 @@ def test_all_zero_calibration_input_warns_naming_it(tmp_path, caplog):
                                            "-o", str(tmp_path / "out"), "--bits", "W8A8", "--executor", "local"])
     assert result.exit_code == 0, result.output
     assert "c.npz: x: every calibration value is 0 (zero range)" in caplog.text
+
+
+def test_nothing_to_quantize_is_refused_with_strict(tmp_path):
+    result = quantize_hard("nothing_to_quantize", tmp_path, "--bits", "W8A8", "--strict")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        "onnxmp: error: nothing to quantize on profile npu (--strict): no op has a kernel"
+    ]
