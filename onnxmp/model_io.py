@@ -84,15 +84,25 @@ def validate(model: onnx.ModelProto, where: str = "model", *, limits: SizeLimits
         domain = node.domain or ""
         if domain in _KNOWN_CUSTOM_DOMAINS:
             continue
-        if not onnx.defs.has(node.op_type, domain):
+        if not _known_op(node.op_type, domain):
             raise ModelError(
-                f"{where}: node {node.name or node.output[0]!r}: unknown op {node.op_type!r}"
+                f"{where}: node {node.name or next(iter(node.output), '')!r}: unknown op {node.op_type!r}"
                 + (f" in domain {domain!r}" if domain else "")
             )
     try:
         onnx.checker.check_model(_checkable(model) if is_large(model, limits=limits) else model)
     except onnx.checker.ValidationError as e:
         raise ModelError(f"{where}: invalid ONNX model: {first_line(e)}") from e
+    except UnicodeDecodeError as e:  # the checker's own message quotes a corrupt (non-UTF-8) name
+        raise ModelError(f"{where}: invalid ONNX model: a name or string is not UTF-8 text (corrupt file?)") from e
+
+
+def _known_op(op_type, domain) -> bool:
+    """Whether ONNX defines the op; False for names that are not text (corrupt files)."""
+    try:
+        return onnx.defs.has(op_type, domain)
+    except TypeError:  # a name protobuf could not decode as UTF-8 comes back as bytes
+        return False
 
 
 def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:

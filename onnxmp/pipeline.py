@@ -189,7 +189,7 @@ def quantize(
         if settings.strict and not prepared.analysis.groups:
             raise ModelError(f"nothing to quantize on profile {loaded_profile.name} (--strict): no op has a kernel")
         del model  # a model loaded here lives on in prepared.model only
-        calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start)
+        calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start, bits=budget.bits)
         decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)
         return emit(calibrated, decision, folder, settings=settings)
 

@@ -128,12 +128,20 @@ def _macs(
 
 
 def calibrate_ranges(
-    prepared: Prepared, calib: CalibrationSet, settings: Settings, *, prepare_s: float = 0.0
+    prepared: Prepared, calib: CalibrationSet, settings: Settings, *, prepare_s: float = 0.0, bits: Candidate | None = None
 ) -> Calibrated:
-    """Ranges of every (tensor, bit-width) the groups can take, and the float outputs."""
+    """Ranges of every (tensor, bit-width) the groups can take, and the float outputs.
+
+    With `bits` (a homogeneous run) only the pairs that configuration needs: a 100 M
+    parameter model at W8A8 searches 8-bit weight ranges only.
+    """
     start = time.perf_counter()
+    analysis = prepared.analysis
+    if bits is not None:
+        plan = homogeneous_plan(analysis, bits, prepared.profile)
+        analysis = replace(analysis, groups=tuple(replace(g, candidates=(plan[g.id],)) for g in analysis.groups))
     encodings = calibrate(
-        prepared.model, prepared.graph, prepared.analysis, calib, profile=prepared.profile,
+        prepared.model, prepared.graph, analysis, calib, profile=prepared.profile,
         method=settings.range_method, batch_size=settings.batch_size,
     )
     reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)  # once per run

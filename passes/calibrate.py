@@ -17,6 +17,7 @@ Rule cases:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -29,6 +30,7 @@ from onnxmp.graph import DataflowGraph, attributes, output_channel_axis
 from onnxmp.hw_profile import HwProfile
 from onnxmp.passes.collect_histograms import activation_histograms
 from onnxmp.passes.known_ranges import known_range
+from onnxmp.passes.weight_progress import WeightProgress
 from onnxmp.records import Granularity, Grid, GroupAnalysis, RangeMethod, TensorEncoding
 
 logger = logging.getLogger(__name__)
@@ -58,10 +60,12 @@ def calibrate(
             for tensor in group.activations:
                 act_bits.setdefault(tensor, set()).add(candidate.a_bits)
     encodings: dict[tuple[str, int], TensorEncoding] = {}
+    progress = WeightProgress(sum(math.prod(graph.constants[w].dims) * len(b) for w, b in weight_bits.items()))
     for weight, bits_set in weight_bits.items():
         axis = weight_axis(graph, weight) if profile.weight_granularity is Granularity.PER_CHANNEL else None
         for bits in sorted(bits_set):
             encodings[(weight, bits)] = encode_weight(graph.constant(weight), weight, bits, axis, method)
+            progress.done(math.prod(graph.constants[weight].dims), f"{weight} @ {bits} bits")
     fixed = {t: r for t in act_bits if (r := known_range(graph, t)) is not None}
     histograms = activation_histograms(model, calib, sorted(set(act_bits) - set(fixed)), batch_size=batch_size)
     for tensor, bits_set in act_bits.items():
