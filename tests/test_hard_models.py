@@ -109,3 +109,17 @@ def test_nothing_to_quantize_is_refused_with_strict(tmp_path):
     assert result.stderr.splitlines() == [
         "onnxmp: error: nothing to quantize on profile npu (--strict): no op has a kernel"
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [("scalar_io", "- fc  [W8A16 W8A8 W4A8]  MACs 100.00%"),  # the only op with MACs
+     ("stateful", "- mm_in  [W8A16 W8A8 W4A8]  MACs 57.14%")],  # 4x3 = 12 of 12 + 3x3 = 21
+)
+def test_groups_lists_models_with_rank0_inputs(name, line, tmp_path):
+    # bops.concrete_graph met a rank-0 input as [1] (IndexError, exit 3)
+    model_path = tmp_path / f"{name}.onnx"
+    onnx.save(hard_models.HARD_MODELS[name](), model_path)
+    result = CliRunner().invoke(main, ["groups", str(model_path), "--profile", "npu"])
+    assert result.exit_code == 0, result.output
+    assert line in result.output.splitlines()
