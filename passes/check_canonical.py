@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 RELATIVE_TOLERANCE = 1e-3
 Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
+Outputs = Mapping[str, np.ndarray]
 
 
 def check_canonical(
@@ -46,7 +47,9 @@ def check_canonical(
     raise PassError(f"canonicalization broke the model: after pass {name}, {reason}")
 
 
-def _first_broken(original, feeds, want, passes: Sequence[Pass]) -> tuple[str, str]:
+def _first_broken(
+    original: onnx.ModelProto, feeds: Mapping[str, np.ndarray], want: Outputs | None, passes: Sequence[Pass]
+) -> tuple[str, str | None]:
     """Replay `passes`: the first whose result fails (with `want` known), else the pass after
     the last result that ran, else (nothing ran, as for opsets ONNX Runtime has no kernels
     for) the pass that changed the opset."""
@@ -76,7 +79,7 @@ def _outputs(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[st
         names = [o.name for o in sess.get_outputs()]
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # a failed run is a finding here, not an error to print
-        return dict(zip(names, sess.run(names, dict(feeds), quiet), strict=True))
+        return dict(zip(names, sess.ort.run(names, dict(feeds), quiet), strict=True))
     except ModelError:
         return None
     except Exception as e:  # ORT's run errors (shape mismatches, missing kernels) have no common type
@@ -84,7 +87,7 @@ def _outputs(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[st
         return None
 
 
-def _why_not_equivalent(model: onnx.ModelProto, feeds, want: Mapping[str, np.ndarray] | None) -> str | None:
+def _why_not_equivalent(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], want: Outputs | None) -> str | None:
     """None when `model` runs on `feeds` and matches `want` (if known); else the reason."""
     got = _outputs(model, feeds)
     if got is None:

@@ -9,6 +9,8 @@ model once on one calibration run's feeds gives the true shapes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -28,7 +30,11 @@ def unknown_mac_ops(graph: DataflowGraph, analysis: GroupAnalysis, macs: Mapping
 def observed_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], tensors: Iterable[str]) -> dict[str, tuple[int, ...]]:
     """The shapes `tensors` take when `model` runs on `feeds` (one ONNX Runtime run)."""
     names = list(dict.fromkeys(tensors))
-    sess = runtime.session(runtime.with_outputs(model, names))
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    outputs = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in outputs)
+    sess = runtime.session(exposed)
     return {name: tuple(int(d) for d in value.shape) for name, value in zip(names, sess.run(names, dict(feeds)), strict=True)}
 
 
@@ -43,8 +49,5 @@ def macs_with_observed_shapes(
     return {op: observed[op] for op in ops if op in observed}
 
 
-def _with_shapes(graph: DataflowGraph, shapes: Mapping[str, tuple]) -> DataflowGraph:
-    from dataclasses import replace
-    from types import MappingProxyType
-
+def _with_shapes(graph: DataflowGraph, shapes: Mapping[str, tuple[int | str | None, ...]]) -> DataflowGraph:
     return replace(graph, shapes=MappingProxyType(dict(shapes)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ INTERVAL_S = 5.0
 class WeightProgress:
     """Counts searched weight values out of `total`; logs when `INTERVAL_S` passed since the last line."""
 
-    def __init__(self, total: int, *, clock=time.monotonic) -> None:
+    def __init__(self, total: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.total, self.searched, self._clock = max(1, total), 0, clock
         self._start = self._last = clock()
 
