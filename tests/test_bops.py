@@ -191,7 +191,7 @@ def test_attention_block_macs_at_sequence_12():
     # x [1,12,8]: q/k/v/o 12 x 8 x 8 = 768 each; qk 12 x 12 x 8 = 1152; pv 12 x 8 x 12 = 1152;
     # ff 12 x 16 x 8 = 1536; out 12 x 8 x 16 = 1536
     model = builders.canonical(builders.attention_block()).model
-    macs = bops.macs_per_op(bops.concrete_graph(model, {"x": (4, 12, 8), "mask": (4, 12)}))
+    macs = bops.macs_per_op(bops.concrete_graph(model, {"x": (1, 12, 8), "mask": (1, 12)}))
     assert macs == {
         "q_mm": 768, "k_mm": 768, "v_mm": 768, "qk": 1152, "pv": 1152, "o_mm": 768, "ff_mm": 1536, "out_mm": 1536,
     }
