@@ -187,6 +187,9 @@ def validate(
         if axis != 0:
             sample_axes[name] = axis
         static[name] = 1 if axis is None else dims[axis]
+    if not per_sample:  # rank-0 inputs only: their values are the one sample, one whole feed
+        per_sample, sample_axes, static = {k: v[None] for k, v in shared.items()}, dict.fromkeys(shared), dict.fromkeys(shared, 1)
+        shared = {}
     return _with_run_size(CalibrationSet(per_sample, sample_axes, shared), static, where)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnx.parser
 import pytest
 
 from onnxmp import calib_data
@@ -109,3 +110,11 @@ def test_default_layout_keeps_the_fingerprint_of_plain_arrays():
     plain = calib_data.CalibrationSet({"x": data}).fingerprint()
     assert _validate(builders.conv_relu(), {"x": data + 0}).fingerprint() == plain
     assert calib_data.CalibrationSet({"x": data}, run_size=1).fingerprint() != plain
+
+
+def test_a_model_of_rank0_inputs_only_has_one_sample():
+    # g (float t) => (float y): the one value of t is the one sample, fed as it is
+    model = onnx.parser.parse_model('<ir_version: 8, opset_import: ["" : 17]> g (float t) => (float y) { y = Mul (t, t) }')
+    calib = _validate(model, {"t": np.array(3.0, np.float32)})
+    assert calib.num_samples == 1
+    assert [f["t"].shape for f in calib.batches(16)] == [()]
