@@ -7,7 +7,8 @@ different function. Running the canonical model once against the original catche
 the start, and re-running the passes one by one names the pass that broke it.
 
 Rule cases:
-1. The canonical model must load and run on the feeds; when the original runs too (ONNX
+1. The canonical model must keep the ranks of the inputs, load and run on the feeds;
+   when the original runs too (ONNX
    Runtime has kernels for its opset), every output must agree within a relative 1e-3
    of its largest magnitude.
 2. On a failure the passes are replayed on the original, each result checked the same
@@ -89,6 +90,10 @@ def _outputs(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[st
 
 def _why_not_equivalent(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], want: Outputs | None) -> str | None:
     """None when `model` runs on `feeds` and matches `want` (if known); else the reason."""
+    for info in model.graph.input:  # the feeds have the original's ranks
+        declared = info.type.tensor_type
+        if info.name in feeds and declared.HasField("shape") and len(declared.shape.dim) != feeds[info.name].ndim:
+            return f"input {info.name!r} has rank {len(declared.shape.dim)}, the original {feeds[info.name].ndim}"
     got = _outputs(model, feeds)
     if got is None:
         return "ONNX Runtime cannot run it on the first calibration batch"

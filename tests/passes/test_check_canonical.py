@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 
 from onnxmp.errors import PassError
@@ -63,3 +64,17 @@ def test_a_model_that_no_longer_runs_is_named():
     with pytest.raises(PassError, match="after pass upgrade_without_fix, ONNX Runtime cannot run it"):
         check_canonical(model, broken, feeds, passes)
     assert np.isfinite(feeds["x"]).all()
+
+
+def test_a_pass_that_changes_an_input_rank_is_named():
+    # found by the fuzz suite: x is both the input [N,4] and an output declared rank 0; the
+    # version converter then gives the input the output's (empty) shape
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17]> g (float[N,4] x) => (float[N,4] y, float x) { [relu] y = Relu (x) }'
+    )
+    feeds = {"x": np.ones((2, 4), np.float32)}
+    broken = model
+    for run in CANONICALIZE:
+        broken = run(broken)
+    with pytest.raises(PassError, match="after pass upgrade_opset, input 'x' has rank 0, the original 2"):
+        check_canonical(model, broken, feeds, CANONICALIZE)
