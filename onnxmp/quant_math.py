@@ -115,6 +115,11 @@ def _clip_errors(flat: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
     so s * q equals `dequantize(quantize(x))` bit for bit.
     """
     s = scales[:, :, None]
+    with np.errstate(over="ignore", invalid="ignore"):  # huge weights: an infinite error loses
+        return _squared_errors(flat, s, qmax)
+
+
+def _squared_errors(flat: np.ndarray, s: np.ndarray, qmax: int) -> np.ndarray:
     q = np.divide(flat[None], s, dtype=np.float32)
     np.round(q, out=q)
     np.clip(q, -qmax, qmax, out=q)

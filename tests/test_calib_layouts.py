@@ -118,3 +118,11 @@ def test_a_model_of_rank0_inputs_only_has_one_sample():
     calib = _validate(model, {"t": np.array(3.0, np.float32)})
     assert calib.num_samples == 1
     assert [f["t"].shape for f in calib.batches(16)] == [()]
+
+
+def test_an_input_without_element_type_is_an_error():
+    # found by the fuzz suite: a zeroed byte leaves x with elem_type 0 (UNDEFINED)
+    model = builders.conv_relu()
+    model.graph.input[0].type.tensor_type.elem_type = 0
+    with pytest.raises(CalibrationError, match="input 'x' is not a tensor"):
+        _validate(model, builders.feeds_for(builders.conv_relu(), batch=2))
