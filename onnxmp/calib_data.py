@@ -21,11 +21,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxmp import sample_layout
 from onnxmp.errors import CalibrationError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 LABEL_KEY = "label"
-SAMPLE_AXIS_PREFIX = "sample_axis/"  # `sample_axis/<input>`: a rank-0 int, the model axis holding the samples
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ def validate(
     fixes the samples per run (`run_size`); samples beyond a multiple of it are dropped.
     `limit` keeps the first samples only.
     """
-    axes = _sample_axes(arrays, inputs, where)
-    arrays = {k: v for k, v in arrays.items() if not k.startswith(SAMPLE_AXIS_PREFIX)}
+    axes = sample_layout.sample_axes(arrays, inputs, where)
+    arrays = {k: v for k, v in arrays.items() if not k.startswith(sample_layout.SAMPLE_AXIS_PREFIX)}
     missing = sorted(set(inputs) - set(arrays))
     if missing:
         raise CalibrationError(f"{where}: no data for model input {missing[0]!r} (found: {', '.join(sorted(arrays))})")
@@ -190,21 +190,9 @@ def validate(
     if not per_sample:  # rank-0 inputs only: their values are the one sample, one whole feed
         per_sample, sample_axes, static = {k: v[None] for k, v in shared.items()}, dict.fromkeys(shared), dict.fromkeys(shared, 1)
         shared = {}
-    return _with_run_size(CalibrationSet(per_sample, sample_axes, shared), static, where)
-
-
-def _sample_axes(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, tuple], where: str) -> dict[str, int]:
-    """The `sample_axis/<input>` entries, checked against the inputs' ranks."""
-    axes = {}
-    for key in (k for k in arrays if k.startswith(SAMPLE_AXIS_PREFIX)):
-        name, value = key[len(SAMPLE_AXIS_PREFIX) :], arrays[key]
-        if name not in inputs:
-            raise CalibrationError(f"{where}: {key!r} names no model input (inputs: {', '.join(inputs)})")
-        rank = len(inputs[name][1])
-        if value.ndim != 0 or value.dtype.kind not in "iu" or not 0 <= int(value) < rank:
-            raise CalibrationError(f"{where}: {key!r} must be one integer in 0..{rank - 1} (the axis of {name!r} holding the samples)")
-        axes[name] = int(value)
-    return axes
+    kept, run_size = sample_layout.run_size({len(v) for v in per_sample.values()}, static, where)
+    per_sample = {k: v if len(v) == kept else v[:kept] for k, v in per_sample.items()}
+    return CalibrationSet(per_sample, sample_axes, shared, run_size)
 
 
 def _checked(arr: np.ndarray, name: str, elem_type: int, where: str) -> np.ndarray:
@@ -220,29 +208,6 @@ def _checked(arr: np.ndarray, name: str, elem_type: int, where: str) -> np.ndarr
             logger.warning("%s: %s: every calibration value is %g (zero range): its quantizer learns nothing from this data",
                            where, name, float(arr.flat[0]))
     return arr
-
-
-def _with_run_size(calib: CalibrationSet, static: Mapping[str, int | None], where: str) -> CalibrationSet:
-    """`calib` with the samples per run the model's static batch dimensions fix (if any)."""
-    counts = {len(v) for v in calib.arrays.values()}
-    if len(counts) > 1:
-        raise CalibrationError(f"{where}: inputs have different sample counts {sorted(counts)}")
-    fixed = {d for d in static.values() if d is not None}
-    if not fixed:
-        return calib
-    if len(fixed) > 1:
-        raise CalibrationError(f"{where}: inputs fix different batch sizes {sorted(fixed)} at their sample axes")
-    run_size, count = fixed.pop(), counts.pop()
-    if count < run_size:
-        raise CalibrationError(f"{where}: the model runs {run_size} samples at a time (a static batch dimension); found {count}")
-    kept = count - count % run_size
-    logger.info("%s: the model fixes %d samples per run (a static batch dimension): runs go chunk by chunk at that size",
-                where, run_size)
-    if kept < count:
-        logger.warning("%s: the model runs %d samples at a time; the last %d of %d samples are left out",
-                       where, run_size, count - kept, count)
-    arrays = {k: v[:kept] for k, v in calib.arrays.items()}
-    return CalibrationSet(arrays, calib.sample_axes, calib.shared, run_size)
 
 
 def _numeric_dtype(name: str, elem_type: int, where: str) -> np.dtype:

@@ -59,7 +59,7 @@ def test_a_static_batch_fixes_the_samples_per_run_and_drops_the_rest(caplog):
     assert calib.run_size == 1
     assert [f["x"].shape[0] for f in calib.batches(16)] == [1] * 20
     # x is [8,3,6,6]: 20 samples make two runs of 8; the last 4 are left out, with a warning
-    with caplog.at_level(logging.WARNING, logger="onnxmp.calib_data"):
+    with caplog.at_level(logging.WARNING, logger="onnxmp.sample_layout"):
         calib = _validate(hard_models.static_batch(8), {"x": data})
     assert calib.run_size == 8 and calib.num_samples == 16
     assert "the last 4 of 20 samples are left out" in caplog.text
