@@ -27,7 +27,7 @@ from onnxmp.phase1.measure import measure
 from onnxmp.phase1.sensitivity import STORE_KIND, Phase1Context, Progress, sensitivity
 from onnxmp.records import Candidate, GroupAnalysis, ParetoCurve, Selection
 from onnxmp.run_records import Budget, Calibrated, Decision, Prepared, Result, Settings
-from onnxmp.search import STRATEGIES, select_by_bops, select_by_target
+from onnxmp.search import STRATEGIES, SearchSpace, StrategyOptions, select_by_bops, select_by_target
 from onnxmp.steps import calibrate_ranges, homogeneous, measured_sqnr, prepare, simulate
 from onnxmp.store import ResultStore, run_key
 
@@ -67,7 +67,8 @@ def search_point(
     table = sensitivity(context, store=store, placement=placement, progress=progress)
     timings["phase1_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    curve = STRATEGIES[settings.strategy](table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
+    space = SearchSpace(prepared.analysis.groups, prepared.group_bops, prepared.reference_bops, table)
+    curve = STRATEGIES[settings.strategy](space, StrategyOptions(seed=settings.seed))
     timings["phase2_s"] = time.perf_counter() - start
     start = time.perf_counter()
     chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate)

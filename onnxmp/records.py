@@ -45,6 +45,8 @@ class Strategy(enum.Enum):
     """Which phase-2 strategy builds the curve (onnxmp.search.STRATEGIES maps each to a function)."""
 
     GREEDY = "greedy"
+    MIXQUANT = "mixquant"
+    ADAQAT = "adaqat"
 
 
 class ExecutorKind(enum.Enum):

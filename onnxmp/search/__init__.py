@@ -5,16 +5,31 @@ curve of configurations (`greedy`, the paper's SQNR-per-BOP walk, and the strate
 come after it), and the selection of one point on any such curve by budget or by a
 measured target (`select`). Strategies are pure functions of records: they never run ONNX
 Runtime themselves; when a selection must measure, the measuring function is a parameter.
-`STRATEGIES` is the literal registry: every strategy has the signature of
-`greedy.pareto_curve(table, groups, bops, reference_bops) -> ParetoCurve`.
+`STRATEGIES` is the literal registry: every strategy is a `space.StrategyFunction`,
+`(SearchSpace, StrategyOptions) -> ParetoCurve` (greedy's Pareto walk, MixQuant's QEM
+sweep, AdaQAT's lambda descent), so the selection works on any strategy's curve.
 """
 
 from __future__ import annotations
 
 from onnxmp.records import SearchMethod, Strategy
-from onnxmp.search import greedy
+from onnxmp.search import adaqat, greedy, mixquant
 from onnxmp.search.select import select_by_bops, select_by_target
+from onnxmp.search.space import QuantErrorTable, SearchSpace, StrategyFunction, StrategyOptions
 
-STRATEGIES = {Strategy.GREEDY: greedy.pareto_curve}
+STRATEGIES: dict[Strategy, StrategyFunction] = {
+    Strategy.GREEDY: greedy.search,
+    Strategy.MIXQUANT: mixquant.pareto_curve,
+    Strategy.ADAQAT: adaqat.pareto_curve,
+}
 
-__all__ = ["STRATEGIES", "SearchMethod", "Strategy", "select_by_bops", "select_by_target"]
+__all__ = [
+    "STRATEGIES",
+    "QuantErrorTable",
+    "SearchMethod",
+    "SearchSpace",
+    "Strategy",
+    "StrategyOptions",
+    "select_by_bops",
+    "select_by_target",
+]

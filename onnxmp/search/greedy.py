@@ -28,6 +28,7 @@ from onnxmp.records import (
     SensitivityTable,
     noise_ratio,
 )
+from onnxmp.search.space import SearchSpace, StrategyOptions
 
 
 def predicted_sqnr_db(plan: Plan, table: SensitivityTable) -> float:
@@ -53,6 +54,13 @@ def pareto_curve(
         total_bops -= bops[group_id][plan[group_id]] - bops[group_id][candidate]
         plan = plan.replace(group_id, candidate)
         points.append(_point(plan, total_bops, reference_bops, table))
+
+
+def search(space: SearchSpace, options: StrategyOptions) -> ParetoCurve:
+    """The strategy interface: greedy reads only the phase-1 table of the search space."""
+    if space.table is None:
+        raise ValueError("greedy needs the phase-1 table (SearchSpace.table)")
+    return pareto_curve(space.table, space.groups, space.group_bops, space.reference_bops)
 
 
 def _point(plan: Plan, total_bops: int, reference_bops: int, table: SensitivityTable) -> ParetoPoint:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from onnxmp.records import Candidate, Plan, QuantizerGroup, SensitivityTable, Strategy
-from onnxmp.search import STRATEGIES
+from onnxmp.search import STRATEGIES, SearchSpace, StrategyOptions
 from onnxmp.search.greedy import pareto_curve, predicted_sqnr_db
 
 W8A16, W8A8, W6A8, W8A6, W6A6, W4A8 = (
@@ -105,7 +105,8 @@ def test_predicted_sqnr_adds_noise_ratios():
 
 
 def test_greedy_is_the_registered_strategy():
-    assert STRATEGIES[Strategy.GREEDY](TABLE, GROUPS, BOPS, REFERENCE) == pareto_curve(TABLE, GROUPS, BOPS, REFERENCE)
+    space = SearchSpace(GROUPS, BOPS, REFERENCE, TABLE)
+    assert STRATEGIES[Strategy.GREEDY](space, StrategyOptions()) == pareto_curve(TABLE, GROUPS, BOPS, REFERENCE)
 
 
 def test_a_weightless_group_is_never_moved():
