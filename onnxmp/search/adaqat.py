@@ -12,8 +12,11 @@ Rule cases:
    each configuration is `SearchSpace.measure(plan)` (memoized within a call); the descent is
    then joint, and each new configuration costs one measurement.
 2. `per_network` uses one (N_w, N_a) pair for all groups, the paper's setting.
-3. Larger lambda gives cheaper configurations; the bisection keeps the cheapest-noise point
-   at or below the budget among those it visited (it visits ~30 lambdas).
+3. Larger lambda gives cheaper configurations; the curve holds the plans of every lambda run
+   (the sweep, or the ~40 of the bisection), minus those a cheaper-or-equal plan beats on
+   predicted SQNR (the freeze at the larger oscillation point can leave a costlier plan that
+   is also noisier). With a budget, the selection takes the costliest remaining plan at or
+   below it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable, Mapping
 
 from onnxmp.records import Candidate, ParetoCurve, Plan, noise_ratio
 from onnxmp.search.adaqat_descent import Axis, Problem, TaskDelta, descend, variable, widths
-from onnxmp.search.space import SearchSpace, StrategyOptions, curve_of
+from onnxmp.search.space import SearchSpace, StrategyOptions, curve_of, pareto_front
 
 PER_DECADE = 8
 BISECTION_STEPS = 30
@@ -91,7 +94,9 @@ def lam_for_budget(space: SearchSpace, options: StrategyOptions, task: TaskDelta
     if bops_at(0.0) <= target:
         return 0.0, list(visited.values())
     lo, hi = 0.0, 1.0
-    while bops_at(hi) > target and hi < 1e12:
+    while bops_at(hi) > target:
+        if hi >= 1e12:  # out of reach: the selection names the cheapest point
+            return hi, list(visited.values())
         lo, hi = hi, hi * 10
     for _ in range(BISECTION_STEPS):
         mid = math.sqrt(lo * hi) if lo > 0 else hi / 10
@@ -107,8 +112,8 @@ def pareto_curve(space: SearchSpace, options: StrategyOptions) -> ParetoCurve:
     if options.lam is not None:
         return curve_of(space, [configuration(space, options, options.lam, task)])
     if options.target_bops is not None:
-        return curve_of(space, lam_for_budget(space, options, task)[1])
-    return curve_of(space, [configuration(space, options, lam, task) for lam in (0.0, *sweep(space))])
+        return pareto_front(curve_of(space, lam_for_budget(space, options, task)[1]))
+    return pareto_front(curve_of(space, [configuration(space, options, lam, task) for lam in (0.0, *sweep(space))]))
 
 
 def sweep(space: SearchSpace) -> tuple[float, ...]:

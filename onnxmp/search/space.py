@@ -99,3 +99,17 @@ def curve_of(space: SearchSpace, plans: Iterable[Plan]) -> ParetoCurve:
             seen[plan] = space.point(plan)
     ordered = sorted(enumerate(seen.values()), key=lambda item: (-item[1].bops_rel, item[0]))
     return tuple(point for _, point in ordered)
+
+
+def pareto_front(curve: ParetoCurve) -> ParetoCurve:
+    """The points of a curve (by decreasing BOPs) that no cheaper-or-equal point beats on predicted SQNR.
+
+    Without predictions (NaN) the curve is returned as it is.
+    """
+    if any(math.isnan(p.predicted_sqnr_db) for p in curve):
+        return curve
+    kept = []
+    for i, point in enumerate(curve):
+        if all(later.predicted_sqnr_db < point.predicted_sqnr_db for later in curve[i + 1 :]):
+            kept.append(point)
+    return tuple(kept)
