@@ -34,10 +34,10 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
 
-from onnxmp import calib_data, pipeline  # noqa: E402
-from onnxmp.passes.calibrate import calibrate  # noqa: E402
-from onnxmp.phase1.sensitivity import measure, reference_outputs, sensitivity  # noqa: E402
-from onnxmp.records import noise_ratio  # noqa: E402
+from onnxmp import calib_data, inputs, pipeline, run_records, steps  # noqa: E402
+from onnxmp.phase1.measure import measure  # noqa: E402
+from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
+from onnxmp.records import Strategy, noise_ratio  # noqa: E402
 from onnxmp.search import STRATEGIES, SearchSpace, StrategyOptions, select_by_bops  # noqa: E402
 from onnxmp.search.mixquant import quantization_errors  # noqa: E402
 
@@ -77,13 +77,16 @@ def mnist() -> Case:
     return Case("mnist_cnn", model, calib, images[256:], labels[256:])
 
 
-def phase1(case: Case, profile: str, prepared, encodings, settings) -> tuple:
+def phase1(case: Case, profile: str, calibrated: run_records.Calibrated, settings) -> tuple:
     """The phase-1 table, its wall time (measured now or recorded when it was), its evaluations."""
+    prepared = calibrated.prepared
     folder = imagenet.CACHE / f"strategies-{case.name}-{profile}"
     store = pipeline.open_store(folder, prepared, settings)
     timing = folder / f"phase1-seconds-{store.key[:16]}.json"
     start = time.perf_counter()
-    table = sensitivity(prepared.model, prepared.analysis, encodings, case.calib, store=store, batch_size=settings.batch_size)
+    context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib,
+                            calibrated.reference, settings.batch_size, prepared.profile.quantize_bias)
+    table = sensitivity(context, store=store)
     seconds = time.perf_counter() - start
     if timing.exists():
         seconds = json.loads(timing.read_text())["seconds"]
@@ -93,23 +96,23 @@ def phase1(case: Case, profile: str, prepared, encodings, settings) -> tuple:
 
 
 def run_profile(case: Case, profile: str, variants: list[str]) -> list[tuple]:
-    settings = pipeline.Settings()
-    model, loaded, calib = pipeline.load_inputs(case.model, profile, case.calib)
-    prepared = pipeline.prepare(model, loaded, calib)
-    encodings = calibrate(prepared.model, prepared.graph, prepared.analysis, calib, profile=loaded)
+    settings = run_records.Settings()
+    model, loaded, calib = inputs.load_inputs(case.model, profile, case.calib)
+    prepared = steps.prepare(model, loaded, calib)
+    calibrated = steps.calibrate_ranges(prepared, calib, settings)
+    encodings, reference = calibrated.encodings, calibrated.reference
     start = time.perf_counter()
     weights = {w: prepared.graph.constant(w) for g in prepared.analysis.groups for w in g.weights}
     errors = quantization_errors(prepared.analysis.groups, weights, encodings)
     qe_seconds = time.perf_counter() - start
-    table, phase1_seconds, phase1_evals = phase1(case, profile, prepared, encodings, settings)
-    reference = reference_outputs(prepared.model, calib, batch_size=settings.batch_size)
+    table, phase1_seconds, phase1_evals = phase1(case, profile, calibrated, settings)
     measured: dict = {}
     asked: set = set()  # the plans the running strategy measured (cached ones too: a lone run pays them)
 
     def noise(plan) -> float:
         asked.add(plan)
         if plan not in measured:
-            measured[plan] = measure(pipeline.simulate(prepared, plan, encodings), calib, reference, batch_size=16).sqnr_db
+            measured[plan] = measure(steps.simulate(prepared, plan, encodings), calib, reference, batch_size=16).sqnr_db
         return noise_ratio(measured[plan])
 
     space = SearchSpace(prepared.analysis.groups, prepared.group_bops, prepared.reference_bops, table, errors, noise)
@@ -122,13 +125,13 @@ def run_profile(case: Case, profile: str, variants: list[str]) -> list[tuple]:
         for budget in BUDGETS[profile]:
             asked.clear()
             start = time.perf_counter()
-            curve = STRATEGIES[name](space, StrategyOptions(target_bops=budget, **extra))
+            curve = STRATEGIES[Strategy(name)](space, StrategyOptions(target_bops=budget, **extra))
             point = select_by_bops(curve, budget).point
             seconds = time.perf_counter() - start + (qe_seconds if name == "mixquant" else 0.0)
             evaluations = (phase1_evals if needs_phase1 else 0) + len(asked)
             sqnr_db = -10 * np.log10(noise(point.plan)) if noise(point.plan) > 0 else float("inf")
             if point.plan not in top1:
-                top1[point.plan] = imagenet.top1(pipeline.simulate(prepared, point.plan, encodings), case.images, case.labels)
+                top1[point.plan] = imagenet.top1(steps.simulate(prepared, point.plan, encodings), case.images, case.labels)
             row = (case.name, profile, label, budget, point.bops_rel, point.predicted_sqnr_db, sqnr_db, top1[point.plan],
                    seconds, phase1_seconds if needs_phase1 else 0.0, evaluations)
             print("  " + _format(row), flush=True)

@@ -92,9 +92,9 @@ def _load_calib(model_path: str, calib: str | None, calib_images: str | None, pr
 
 def _check_budget_flags(options: RunOptions) -> None:
     """The budget errors a user can fix with flags, in the flags' names."""
-    given = [options.bits, options.target_bops, options.min_sqnr, options.max_drop]
-    if sum(v is not None for v in given) != 1:
-        raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop")
+    given = sum(v is not None for v in [options.bits, options.target_bops, options.min_sqnr, options.max_drop])
+    if given != 1 and not (given == 0 and options.settings(require_stored=False).fixes_point):
+        raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop (or --qem/--lam alone)")
     if options.max_drop is not None and options.eval_data is None and options.eval_fn is None:
         raise BudgetError("--max-drop needs an evaluation: --eval-data FILE.npz or --eval module:function")
 

@@ -80,6 +80,12 @@ def run_options(command):
                      help="AIMET encodings format of out/encodings.json."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for strategies that draw."),
         click.option("--strict", is_flag=True, help="Refuse a model with nothing to quantize (default: a warning)."),
+        click.option("--qem", type=click.FloatRange(min=1), help="MixQuant's QE multiplier: one point, no budget needed."),
+        click.option("--lam", type=click.FloatRange(min=0), help="AdaQAT's lambda (noise per relative BOP): one point."),
+        click.option("--adaqat-mode", type=click.Choice(["group", "network"]), default="group", show_default=True,
+                     help="AdaQAT: widths per group, or one pair for the network (the paper's)."),
+        click.option("--adaqat-loss", type=click.Choice(["predicted", "measured"]), default="predicted", show_default=True,
+                     help="AdaQAT's task loss: from phase 1, or measured with ONNX Runtime per configuration."),
     ]):
         command = option(command)
     return common_options(command)
@@ -112,6 +118,10 @@ class RunOptions:
     encodings_version: str
     seed: int
     strict: bool
+    qem: float | None
+    lam: float | None
+    adaqat_mode: str
+    adaqat_loss: str
     verbose: int
     debug: bool
 
@@ -120,7 +130,8 @@ class RunOptions:
             range_method=RangeMethod(self.range_method), batch_size=self.batch_size, seed=self.seed,
             strategy=Strategy(self.strategy), search=SearchMethod(self.search), executor=ExecutorKind(self.executor),
             workers=self.workers, ray_address=self.ray_address, encodings_version=self.encodings_version,
-            require_stored=require_stored, verify=self.debug, strict=self.strict,
+            require_stored=require_stored, verify=self.debug, strict=self.strict, qem=self.qem, lam=self.lam,
+            per_network=self.adaqat_mode == "network", measured_loss=self.adaqat_loss == "measured",
         )
 
     def evaluator(self) -> evaluate.Evaluate | None:

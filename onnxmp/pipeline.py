@@ -14,8 +14,8 @@ from pathlib import Path
 
 import onnx
 
+from onnxmp import curves, model_io, output_folder, runtime, versions
 from onnxmp import encodings as encodings_format
-from onnxmp import model_io, output_folder, runtime, versions
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import BudgetError, ModelError
 from onnxmp.hw_profile import HwProfile
@@ -25,9 +25,24 @@ from onnxmp.phase1.executors import executor_for
 from onnxmp.phase1.jobs import Phase1Result
 from onnxmp.phase1.measure import measure
 from onnxmp.phase1.sensitivity import STORE_KIND, Phase1Context, Progress, sensitivity
-from onnxmp.records import Candidate, GroupAnalysis, ParetoCurve, Selection
+from onnxmp.records import (
+    Candidate,
+    GroupAnalysis,
+    ParetoCurve,
+    Selection,
+    SelectionMethod,
+    Strategy,
+    noise_ratio,
+)
 from onnxmp.run_records import Budget, Calibrated, Decision, Prepared, Result, Settings
-from onnxmp.search import STRATEGIES, SearchSpace, StrategyOptions, select_by_bops, select_by_target
+from onnxmp.search import (
+    STRATEGIES,
+    SearchSpace,
+    StrategyOptions,
+    mixquant,
+    select_by_bops,
+    select_by_target,
+)
 from onnxmp.steps import calibrate_ranges, homogeneous, measured_sqnr, prepare, simulate
 from onnxmp.store import ResultStore, run_key
 
@@ -51,30 +66,70 @@ def search_point(
     evaluate: Evaluate | None = None,
     progress: Progress | None = None,
 ) -> Decision:
-    """Phase 1 (resumable), phase 2, and selection of the point that meets `budget`."""
-    prepared = calibrated.prepared
+    """Phase 1 (resumable, when the strategy needs it), the strategy's curve, and the selection."""
     timings = dict(calibrated.timings)
     start = time.perf_counter()
-    if settings.require_stored:
-        missing = _missing_phase1(prepared.analysis, store)
-        if missing:
-            raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run quantize first")
+    table = _phase1(calibrated, settings, store, progress)
+    timings["phase1_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    options = StrategyOptions(
+        budget.target_bops, settings.qem, settings.lam, settings.per_network, settings.measured_loss, settings.seed
+    )
+    curve = STRATEGIES[settings.strategy](_space(calibrated, settings, store, table), options)
+    timings["phase2_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate)
+    timings["search_s"] = time.perf_counter() - start
+    curves.save_curve(store, settings.curve_label, chosen.curve)
+    others = {k: _predicted(v, table) for k, v in curves.stored_curves(store).items() if k != settings.curve_label}
+    point = chosen.selection.point
+    return Decision(
+        point.plan, point, chosen.curve, chosen.selection, table, timings, chosen.float_score,
+        {settings.curve_label: chosen.curve, **others},
+    )
+
+
+def _predicted(curve: ParetoCurve, table) -> ParetoCurve:
+    """A stored curve with predictions from this run's table where it had none (MixQuant run
+    before phase 1 was)."""
+    if table is None:
+        return curve
+    return tuple(
+        p if p.predicted_sqnr_db == p.predicted_sqnr_db else replace(p, predicted_sqnr_db=table.predicted_sqnr_db(p.plan))
+        for p in curve
+    )
+
+
+def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, progress: Progress | None):
+    """The phase-1 table; None for a strategy that needs none (MixQuant, measured AdaQAT) when
+    the store does not already hold it (when it does, reading it back costs nothing)."""
+    prepared = calibrated.prepared
+    needed = settings.strategy is Strategy.GREEDY or (settings.strategy is Strategy.ADAQAT and not settings.measured_loss)
+    missing = _missing_phase1(prepared.analysis, store)
+    if missing and not needed:
+        return None
+    if missing and settings.require_stored:
+        raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run quantize first")
     context = Phase1Context(
         prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib, calibrated.reference,
         settings.batch_size, prepared.profile.quantize_bias,
     )
     placement = executor_for(settings.executor, settings.workers, settings.ray_address)
-    table = sensitivity(context, store=store, placement=placement, progress=progress)
-    timings["phase1_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    space = SearchSpace(prepared.analysis.groups, prepared.group_bops, prepared.reference_bops, table)
-    curve = STRATEGIES[settings.strategy](space, StrategyOptions(seed=settings.seed))
-    timings["phase2_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate)
-    timings["search_s"] = time.perf_counter() - start
-    point = chosen.selection.point
-    return Decision(point.plan, point, chosen.curve, chosen.selection, table, timings, chosen.float_score)
+    return sensitivity(context, store=store, placement=placement, progress=progress)
+
+
+def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table) -> SearchSpace:
+    """What the strategy reads: the table, MixQuant's weight errors, a store-backed measurement."""
+    prepared = calibrated.prepared
+    groups = prepared.analysis.groups
+    errors = None
+    if settings.strategy is Strategy.MIXQUANT:
+        weights = {w: prepared.graph.constant(w) for g in groups for w in g.weights}
+        errors = mixquant.quantization_errors(groups, weights, calibrated.encodings)
+    sqnr_of = curves.stored_measure(store, lambda plan: measured_sqnr(calibrated, plan, settings.batch_size))
+    return SearchSpace(
+        groups, prepared.group_bops, prepared.reference_bops, table, errors, lambda plan: noise_ratio(sqnr_of(plan))
+    )
 
 
 @dataclass(frozen=True)
@@ -106,8 +161,10 @@ def _select(
         selection = select_by_bops(curve, budget.target_bops)
     elif budget.min_sqnr_db is not None:
         selection = select_by_target(curve, sqnr_at, budget.min_sqnr_db, method=settings.search, what="SQNR (dB)")
+    elif budget.max_drop is None:  # --qem / --lam: the strategy's one point
+        selection = Selection(curve[0], 0, 0, SelectionMethod.FIXED)
     else:
-        assert evaluate is not None and budget.max_drop is not None
+        assert evaluate is not None
         float_score = evaluate(calibrated.prepared.model)
         selection = select_by_target(curve, score_at, float_score - budget.max_drop, method=settings.search, what="accuracy")
     sqnr_at(selection.index)
@@ -180,9 +237,9 @@ def quantize(
         OnnxmpError: bad model, profile, calibration data or budget (one-line message).
     """
     budget = Budget(_parse_bits(bits) if isinstance(bits, str) else bits, target_bops, min_sqnr_db, max_drop)
-    budget.check(evaluate is not None)
     overrides = {"encodings_version": encodings_version, "require_stored": require_stored, "verify": verify}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    budget.check(evaluate is not None, fixed_point=settings.fixes_point)
     start = time.perf_counter()
     model, loaded_profile, calib_set = load_inputs(model, profile, calib)
     with output_folder.locked(Path(output_dir)) as folder:  # one run at a time per folder

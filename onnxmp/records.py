@@ -33,6 +33,7 @@ class SelectionMethod(enum.Enum):
     """How a run's point was chosen: by a BOPs budget, or by one of the target searches."""
 
     BOPS = "bops"
+    FIXED = "fixed"  # the strategy's knob (--qem, --lam) made a one-point curve
     SEQUENTIAL = "sequential"
     BINARY = "binary"
     HYBRID = "hybrid"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from onnxmp import bops, model_io, versions
-from onnxmp.records import ParetoCurve, ParetoPoint, Plan, Selection, SensitivityTable
+from onnxmp.records import ParetoCurve, ParetoPoint, Plan, SensitivityTable
 from onnxmp.report_html import deployed_note, report_html
 from onnxmp.run_records import Decision, Prepared
 
@@ -60,18 +60,21 @@ def sensitivity_json(prepared: Prepared, table: SensitivityTable) -> dict:
     }
 
 
-def pareto_csv(curve: ParetoCurve) -> str:
+def pareto_csv(curves: Mapping[str, ParetoCurve]) -> str:
+    """Every curve (this run's first, then the store's other strategies), one row per point;
+    `index` counts within a curve, `moved_group`/`to` name the first group that changed."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "bops_rel", "predicted_sqnr_db", "measured_sqnr_db", "accuracy", "moved_group", "to"])
-    previous = None
-    for i, point in enumerate(curve):
-        moved = [g for g in point.plan if previous is not None and previous[g] != point.plan[g]]
-        writer.writerow([
-            i, f"{point.bops_rel:.6f}", _csv(point.predicted_sqnr_db), _csv(point.measured_sqnr_db),
-            _csv(point.accuracy), moved[0] if moved else "", str(point.plan[moved[0]]) if moved else "",
-        ])
-        previous = point.plan
+    writer.writerow(["index", "bops_rel", "predicted_sqnr_db", "measured_sqnr_db", "accuracy", "moved_group", "to", "strategy"])
+    for label, curve in curves.items():
+        previous = None
+        for i, point in enumerate(curve):
+            moved = [g for g in point.plan if previous is not None and previous[g] != point.plan[g]]
+            writer.writerow([
+                i, f"{point.bops_rel:.6f}", _csv(point.predicted_sqnr_db), _csv(point.measured_sqnr_db),
+                _csv(point.accuracy), moved[0] if moved else "", str(point.plan[moved[0]]) if moved else "", label,
+            ])
+            previous = point.plan
     return buffer.getvalue()
 
 
@@ -80,7 +83,8 @@ def _csv(value: float | None) -> str:
     return "" if number is None else str(number)
 
 
-def report_md(prepared: Prepared, plan: Plan, point: ParetoPoint, selection: Selection | None, timings: Mapping[str, float]) -> str:
+def report_md(prepared: Prepared, decision: Decision) -> str:
+    plan, point, selection = decision.plan, decision.point, decision.selection
     lines = [
         "# onnxmp report", "",
         f"- profile: {prepared.profile.name}",
@@ -91,7 +95,9 @@ def report_md(prepared: Prepared, plan: Plan, point: ParetoPoint, selection: Sel
     ]
     if selection is not None:
         lines.append(f"- selection: {selection.method}, curve index {selection.index}, {selection.evaluations} evaluations")
-    lines += [f"- {name}: {value:.3f}" for name, value in timings.items()]
+    lines += [f"- {name}: {value:.3f}" for name, value in decision.timings.items()]
+    lines += [f"- curve {label}: {len(c)} points, relative BOPs {c[-1].bops_rel:.4f} to {c[0].bops_rel:.4f}"
+              for label, c in decision.curves.items() if c]
     lines += [f"- fingerprint {k}: {v[:16]}" for k, v in prepared.fingerprints.items()]
     lines += ["", "| group | candidate | ops |", "| --- | --- | --- |"]
     lines += [f"| {g} | {c} | {len(prepared.analysis.group(g).ops)} |" for g, c in plan.items()]
@@ -105,9 +111,9 @@ def write_all(prepared: Prepared, decision: Decision, output_dir: Path, *, absen
     plan_data["encodings_absent"] = [{"tensor": t, "reason": r} for t, r in sorted((absent or {}).items())]
     paths = {
         "plan": model_io.write_text(json.dumps(plan_data, indent=2) + "\n", output_dir / "plan.json"),
-        "pareto": model_io.write_text(pareto_csv(decision.curve), output_dir / "pareto.csv"),
+        "pareto": model_io.write_text(pareto_csv(decision.curves or {"homogeneous": decision.curve}), output_dir / "pareto.csv"),
         "report": model_io.write_text(
-            report_md(prepared, plan, point, decision.selection, decision.timings), output_dir / "report.md"
+            report_md(prepared, decision), output_dir / "report.md"
         ),
         "html": model_io.write_text(report_html(prepared, decision), output_dir / "report.html"),
     }

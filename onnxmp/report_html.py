@@ -13,14 +13,14 @@ import html
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
 
 from onnxmp import bops, versions
 from onnxmp.errors import BudgetError
-from onnxmp.records import ParetoPoint, Plan, QuantizerGroup, SensitivityTable
+from onnxmp.records import ParetoCurve, ParetoPoint, Plan, QuantizerGroup, SensitivityTable
 from onnxmp.run_records import Decision, Prepared, homogeneous_plan
 
 # svg.hashsalt fixes the ids matplotlib hashes; fonttype "path" draws glyphs so the page
@@ -41,7 +41,7 @@ def report_html(prepared: Prepared, decision: Decision) -> str:
     plan, point, curve, table = decision.plan, decision.point, decision.curve, decision.table
     baselines = _homogeneous_points(prepared, table) if table is not None else []
     with matplotlib.rc_context(_RC):
-        pareto = _svg(_pareto_figure(point, curve, baselines), "pareto")
+        pareto = _svg(_pareto_figure(point, curve, baselines, decision.curves), "pareto")
         sensitivity = (
             _svg(_sensitivity_figure(prepared.analysis.groups, table), "sensitivity")
             if table is not None else "<p>Not measured: a homogeneous run has no phase 1.</p>"
@@ -82,12 +82,19 @@ def _homogeneous_points(prepared: Prepared, table: SensitivityTable) -> list[tup
     return points
 
 
-def _pareto_figure(point: ParetoPoint, curve: Sequence[ParetoPoint], baselines) -> Figure:
+def _pareto_figure(point: ParetoPoint, curve: Sequence[ParetoPoint], baselines, curves: Mapping[str, ParetoCurve]) -> Figure:
+    """This run's curve, the store's other strategies' curves (`curves` beyond the first), the
+    homogeneous baselines and the chosen point, on one plot."""
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
+    own = next(iter(curves), "")
     if any(_finite(p.predicted_sqnr_db) for p in curve):  # a homogeneous run predicts nothing
         ax.plot([p.bops_rel for p in curve], [_plottable(p.predicted_sqnr_db) for p in curve],
-                "o-", ms=3, color="tab:blue", label="predicted SQNR")
+                "o-", ms=3, color="tab:blue", label=f"{own} predicted SQNR".strip())
+    for i, (label, other) in enumerate((k, c) for k, c in curves.items() if k != own):
+        shown = [p for p in other if _finite(p.predicted_sqnr_db)]
+        ax.plot([p.bops_rel for p in shown], [p.predicted_sqnr_db for p in shown], "o--", ms=2, lw=1,
+                color=_COLORS[(i + 2) % len(_COLORS)], label=f"{label} predicted SQNR")
     measured = [p for p in curve if _finite(p.measured_sqnr_db)]
     if measured:
         ax.plot([p.bops_rel for p in measured], [p.measured_sqnr_db for p in measured], "s", ms=7, mfc="none", color="tab:orange", label="measured SQNR")

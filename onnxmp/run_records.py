@@ -41,7 +41,10 @@ class Settings:
     store key; the executor is not (every executor gives identical results). `workers=None`
     lets `executors.executor_for` pick (one worker per 4 cores). `require_stored` is the
     `search` command's mode: phase 1 must already be in the store. `verify` runs the ONNX
-    checker after every pass. `strict` refuses a model with nothing to quantize."""
+    checker after every pass. `strict` refuses a model with nothing to quantize. `qem`
+    (MixQuant) and `lam` (AdaQAT) fix the strategy's knob to one point; `per_network` and
+    `measured_loss` choose AdaQAT's mode (one width pair for the network; task loss measured
+    with ONNX Runtime instead of predicted from phase 1)."""
 
     range_method: RangeMethod = RangeMethod.MSE
     batch_size: int = 16
@@ -55,6 +58,25 @@ class Settings:
     require_stored: bool = False
     verify: bool = False
     strict: bool = False
+    qem: float | None = None
+    lam: float | None = None
+    per_network: bool = False
+    measured_loss: bool = False
+
+    @property
+    def fixes_point(self) -> bool:
+        """Whether --qem or --lam picks the one point (then no budget is needed)."""
+        return (self.strategy is Strategy.MIXQUANT and self.qem is not None) or (
+            self.strategy is Strategy.ADAQAT and self.lam is not None
+        )
+
+    @property
+    def curve_label(self) -> str:
+        """The name of this run's curve among the store's curves (strategy and mode)."""
+        if self.strategy is not Strategy.ADAQAT:
+            return self.strategy.value
+        modes = ["network" if self.per_network else "group", "measured" if self.measured_loss else "predicted"]
+        return f"adaqat ({', '.join(modes)})"
 
 
 @dataclass(frozen=True)
@@ -66,10 +88,11 @@ class Budget:
     min_sqnr_db: float | None = None
     max_drop: float | None = None
 
-    def check(self, has_evaluate: bool) -> None:
-        """Raise BudgetError unless exactly one budget is given (and max_drop has an evaluation)."""
+    def check(self, has_evaluate: bool, *, fixed_point: bool = False) -> None:
+        """Raise BudgetError unless exactly one budget is given (and max_drop has an evaluation);
+        with `fixed_point` (--qem, --lam) the budget may be absent."""
         chosen = [v for v in (self.bits, self.target_bops, self.min_sqnr_db, self.max_drop) if v is not None]
-        if len(chosen) != 1:
+        if len(chosen) != 1 and not (fixed_point and not chosen):
             raise BudgetError("give exactly one budget: bits, target_bops, min_sqnr_db or max_drop")
         numbers = {"target BOPs": self.target_bops, "minimum SQNR": self.min_sqnr_db, "maximum drop": self.max_drop}
         for name, value in numbers.items():
@@ -109,8 +132,9 @@ class Calibrated:
 @dataclass(frozen=True)
 class Decision:
     """What a run chose and how: the plan and its point, the curve (with what was measured),
-    the phase-1 table and the selection (both None for a homogeneous run), the timings and,
-    for a max_drop run, the float model's score."""
+    the phase-1 table and the selection (both None for a homogeneous run), the timings,
+    for a max_drop run the float model's score, and the curves of every strategy run on the
+    same store (label -> curve, this run's included)."""
 
     plan: Plan
     point: ParetoPoint
@@ -119,6 +143,7 @@ class Decision:
     table: SensitivityTable | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
     float_score: float | None = None
+    curves: Mapping[str, ParetoCurve] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -241,3 +241,10 @@ def test_a_bad_flag_value_is_one_line(tmp_path):
     assert line.endswith("quantize --help)")  # click's three lines (usage, hint, error) made one
     assert_one_line_error(_quantize(DIGITS, tmp_path / "out", "--bits", "W8A8", "--batch-size", "0"), "--batch-size")
     assert_one_line_error(_invoke("quantize", tmp_path / "absent.onnx", "--profile", "npu", "-o", tmp_path), "absent.onnx")
+
+
+def test_mixquant_with_one_qem_needs_no_budget_and_greedy_still_does(tmp_path):
+    result = _quantize(DIGITS, tmp_path, "--strategy", "mixquant", "--qem", "4")
+    assert result.exit_code == 0, result.output
+    assert "selection         fixed, point 0 of 1, 0 evaluations" in result.stdout
+    assert_one_line_error(_quantize(DIGITS, tmp_path, "--qem", "4"), "--target-bops", "--qem/--lam alone")

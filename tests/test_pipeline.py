@@ -16,7 +16,9 @@ import pytest
 
 import onnxmp
 from onnxmp import pipeline, run_records, runtime
+from onnxmp.curves import CURVE_KIND
 from onnxmp.errors import BudgetError
+from onnxmp.phase1.sensitivity import STORE_KIND
 from onnxmp.records import Candidate, SelectionMethod
 from onnxmp.search.greedy import predicted_sqnr_db
 from tests import oracles
@@ -52,8 +54,10 @@ def _top1(model: onnx.ModelProto) -> float:
     return 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
 
 
-def _store_lines(output_dir: Path) -> int:
-    return len((output_dir / pipeline.STORE_NAME).read_text().splitlines())
+def _store_lines(output_dir: Path, kind: str = STORE_KIND) -> int:
+    """Entries of one kind in the store (phase-1 results by default; each run also stores its curve)."""
+    lines = (output_dir / pipeline.STORE_NAME).read_text().splitlines()
+    return sum(json.loads(line)["kind"] == kind for line in lines)
 
 
 def test_target_bops_returns_the_chosen_point_and_the_curve(bops_run):
@@ -229,6 +233,7 @@ def test_require_stored_after_a_full_run_serves_a_new_budget_from_the_store(bops
     assert lines == 20  # 6 weighted groups x 3 candidates + concat x 2
     result = _quantize(tmp_path, target_bops=0.4, require_stored=True)
     assert _store_lines(tmp_path) == lines
+    assert _store_lines(tmp_path, CURVE_KIND) == 2  # the first run's curve and this one's
     assert result.point.bops_rel <= 0.4
     assert [p.plan for p in result.curve] == [p.plan for p in bops_run[0].curve]
     assert result.sensitivity == bops_run[0].sensitivity

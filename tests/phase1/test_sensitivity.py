@@ -386,7 +386,8 @@ def _interrupt(output_dir: Path, sig: int) -> tuple[int, str]:
 
 
 def _phase1_results(output_dir: Path) -> dict[tuple[str, str], tuple]:
-    entries = [json.loads(line) for line in (output_dir / pipeline.STORE_NAME).read_text().splitlines() if line.endswith("}")]
+    lines = (output_dir / pipeline.STORE_NAME).read_text().splitlines()
+    entries = [e for line in lines if line.endswith("}") and (e := json.loads(line))["kind"] == STORE_KIND]
     results = {(e["group"], e["candidate"]): (e["signal"], e["noise"]) for e in entries}
     assert len(results) == len(entries)  # nothing measured twice
     return results
