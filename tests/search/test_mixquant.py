@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from onnxmp.records import Candidate, Plan, QuantizerGroup, TensorEncoding
+from onnxmp.records import Candidate, Grid, Plan, QuantizerGroup, TensorEncoding
 from onnxmp.search import mixquant
 from onnxmp.search.select import select_by_bops
 from onnxmp.search.space import QuantErrorTable, SearchSpace, StrategyOptions
@@ -97,8 +97,8 @@ def test_quantization_errors_are_the_mse_of_the_encodings_round_trip():
     w = np.array([[0.3, -0.7], [0.2, 0.1]], np.float32)
     group = _group("g", (W8A8, W4A8))
     encodings = {
-        ("g.w", 4): TensorEncoding("g.w", 4, (0.5, 0.1), (0, 0), signed=True, symmetric=True, axis=0),
-        ("g.w", 8): TensorEncoding("g.w", 8, (0.7 / 127, 0.2 / 127), (0, 0), signed=True, symmetric=True, axis=0),
+        ("g.w", 4): TensorEncoding("g.w", 4, (0.5, 0.1), (0, 0), Grid.SYMMETRIC_SIGNED, axis=0),
+        ("g.w", 8): TensorEncoding("g.w", 8, (0.7 / 127, 0.2 / 127), (0, 0), Grid.SYMMETRIC_SIGNED, axis=0),
     }
     table = mixquant.quantization_errors((group,), {"g.w": w}, encodings)
     assert table.of("g", 4) == pytest.approx(0.02, rel=1e-6)
