@@ -60,9 +60,14 @@ class Case:
     labels: np.ndarray
 
 
-def efficientnet() -> Case | None:
+def efficientnet(num_calib: int = 256) -> Case | None:
     setup = imagenet.efficientnet_setup()
-    return None if setup is None else Case("efficientnet_lite0", *setup)
+    if setup is None:
+        return None
+    model, calib, images, labels = setup
+    if num_calib != 256:  # the reduced run: fewer calibration images, same validation set
+        calib = imagenet.calibration_images(model, count=num_calib)
+    return Case(f"efficientnet_lite0-c{num_calib}", model, calib, images, labels)
 
 
 def mnist() -> Case:
@@ -150,8 +155,9 @@ def main() -> None:
     parser.add_argument("--models", default="efficientnet,mnist")
     parser.add_argument("--profiles", default="npu,research")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--num-calib", type=int, default=256, help="EfficientNet calibration images (reduced run: 64)")
     args = parser.parse_args()
-    cases = {"efficientnet": efficientnet, "mnist": mnist}
+    cases = {"efficientnet": lambda: efficientnet(args.num_calib), "mnist": mnist}
     rows = []
     for model_name in args.models.split(","):
         case = cases[model_name]()
