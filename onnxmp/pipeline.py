@@ -20,6 +20,7 @@ from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import BudgetError, ModelError
 from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
+from onnxmp.passes.bake_weights import bake_weights
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.phase1.executors import executor_for
 from onnxmp.phase1.jobs import Phase1Result
@@ -28,7 +29,15 @@ from onnxmp.phase1.sensitivity import STORE_KIND, Phase1Context, Progress, sensi
 from onnxmp.records import Candidate, GroupAnalysis, ParetoCurve, Selection
 from onnxmp.run_records import Budget, Calibrated, Decision, Prepared, Result, Settings
 from onnxmp.search import STRATEGIES, select_by_bops, select_by_target
-from onnxmp.steps import calibrate_ranges, homogeneous, measured_sqnr, prepare, simulate
+from onnxmp.steps import (
+    adaround,
+    adaround_key,
+    calibrate_ranges,
+    homogeneous,
+    measured_sqnr,
+    prepare,
+    simulate,
+)
 from onnxmp.store import ResultStore, run_key
 
 logger = logging.getLogger(__name__)
@@ -61,7 +70,7 @@ def search_point(
             raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run quantize first")
     context = Phase1Context(
         prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib, calibrated.reference,
-        settings.batch_size, prepared.profile.quantize_bias,
+        settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded,
     )
     placement = executor_for(settings.executor, settings.workers, settings.ray_address)
     table = sensitivity(context, store=store, placement=placement, progress=progress)
@@ -98,7 +107,7 @@ def _select(
 
     def score_at(i: int) -> float:
         assert evaluate is not None  # Budget.check: max_drop comes with an evaluation
-        scores[i] = evaluate(simulate(calibrated.prepared, curve[i].plan, calibrated.encodings))
+        scores[i] = evaluate(simulate(calibrated.prepared, curve[i].plan, calibrated.encodings, calibrated.rounded))
         return scores[i]
 
     if budget.target_bops is not None:
@@ -127,6 +136,7 @@ def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> Resu
         **prepared.fingerprints,
         range_method=settings.range_method.value,
         batch_size=str(settings.batch_size),
+        weight_rounding=adaround_key(prepared, settings),
         runtime=runtime.ort.__version__,
         onnxmp=versions.onnxmp_version(),
     )
@@ -190,6 +200,7 @@ def quantize(
             raise ModelError(f"nothing to quantize on profile {loaded_profile.name} (--strict): no op has a kernel")
         del model  # a model loaded here lives on in prepared.model only
         calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start, bits=budget.bits)
+        calibrated = adaround(calibrated, settings, folder)
         decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)
         return emit(calibrated, decision, folder, settings=settings)
 
@@ -215,11 +226,13 @@ def _write_outputs(calibrated: Calibrated, decision: Decision, output_dir: Path,
     prepared = calibrated.prepared
     chosen = quantizers_for(
         prepared.model, prepared.analysis, decision.plan, calibrated.encodings,
-        quantize_bias=prepared.profile.quantize_bias,
+        quantize_bias=prepared.profile.quantize_bias, rounded=calibrated.rounded,
     )
     qdq = insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER)
     paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}
     decision = _with_deployed_sqnr(decision, calibrated, paths["model"], settings.batch_size)
+    if chosen.integers:  # AIMET's AdaRound export: weights on their grid points + frozen encodings
+        paths["adarounded"] = model_io.save(bake_weights(prepared.model, quantizers=chosen), output_dir / "model.adarounded.onnx")
     user_set, absent = encodings_format.user_named(
         prepared.original, prepared.model, {**chosen.weights, **chosen.biases}, chosen.activations
     )
