@@ -20,12 +20,12 @@ import onnx
 
 from onnxmp import encodings as encodings_format
 from onnxmp import graph, model_io, output_folder
+from onnxmp.emit import OUTPUT_FILES
 from onnxmp.errors import EncodingsError, OutputError
 from onnxmp.graph import DataflowGraph
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import weight_axis
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers
-from onnxmp.pipeline import OUTPUT_FILES
 from onnxmp.records import TensorEncoding
 from onnxmp.steps import run_passes
 

@@ -16,6 +16,7 @@ import click
 
 from onnxmp import evaluate
 from onnxmp.calib_data import Preprocess
+from onnxmp.hw_profile import WeightRounding
 from onnxmp.records import ExecutorKind, RangeMethod, SearchMethod, Strategy
 from onnxmp.run_records import Settings
 
@@ -66,6 +67,8 @@ def run_options(command):
         click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), help="Labelled .npz for top-1 (--max-drop)."),
         click.option("--eval", "eval_fn", help="module:function scoring an onnx.ModelProto (--max-drop)."),
         click.option("--range-method", type=click.Choice([m.value for m in RangeMethod]), default="mse", show_default=True),
+        click.option("--weight-rounding", type=click.Choice([r.value for r in WeightRounding]),
+                     help="nearest, or adaround (learned up/down rounding) [default: the profile's]."),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
         click.option("--strategy", type=click.Choice([m.value for m in Strategy]), default="greedy", show_default=True,
                      help="Phase-2 strategy that builds the curve."),
@@ -109,6 +112,7 @@ class RunOptions:
     eval_data: str | None
     eval_fn: str | None
     range_method: str
+    weight_rounding: str | None
     search: str
     strategy: str
     batch_size: int
@@ -132,6 +136,7 @@ class RunOptions:
             workers=self.workers, ray_address=self.ray_address, encodings_version=self.encodings_version,
             require_stored=require_stored, verify=self.debug, strict=self.strict, qem=self.qem, lam=self.lam,
             per_network=self.adaqat_mode == "network", measured_loss=self.adaqat_loss == "measured",
+            weight_rounding=WeightRounding(self.weight_rounding) if self.weight_rounding else None,
         )
 
     def evaluator(self) -> evaluate.Evaluate | None:

@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from onnxmp import encodings_read
@@ -41,6 +42,9 @@ class EncodingSet:
     weights: Mapping[str, TensorEncoding]
     activations: Mapping[str, TensorEncoding]
     biases: Mapping[str, TensorEncoding] = field(default_factory=dict)
+    # weight -> its integers where they are not round-to-nearest (AdaRound), same scale;
+    # not part of the file: `model.adarounded.onnx` carries them for `apply`
+    integers: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, TensorEncoding]:

@@ -7,6 +7,7 @@ Built-in profiles ship in `onnxmp/hw_profiles/` and are found by name (`--profil
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 from collections.abc import Mapping
@@ -24,7 +25,14 @@ from onnxmp.records import Candidate, Granularity
 MIN_BITS, MAX_BITS = 2, 16
 _TOP_KEYS = {"name", "description", "kernels", "ops", "op_kernels", "schemes"}
 _OPS_KEYS = {"quantized", "passthrough"}
-_SCHEME_KEYS = {"weights": {"granularity", "symmetric"}, "activations": {"granularity", "symmetric"}, "bias": {"quantize"}}
+_SCHEME_KEYS = {"weights": {"granularity", "symmetric", "rounding"}, "activations": {"granularity", "symmetric"}, "bias": {"quantize"}}
+
+
+class WeightRounding(enum.Enum):
+    """How weights are rounded onto their grid, the scale fixed: nearest, or AdaRound's learned up/down."""
+
+    NEAREST = "nearest"
+    ADAROUND = "adaround"
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class HwProfile:
     weight_granularity: Granularity = Granularity.PER_CHANNEL
     activation_symmetric: bool = False
     quantize_bias: bool = False
+    weight_rounding: WeightRounding = WeightRounding.NEAREST  # schemes.weights.rounding
     description: str = ""
     fingerprint: str = ""
 
@@ -120,9 +129,19 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
             activations, "symmetric", False, f"{where}: schemes.activations.symmetric"
         ),
         quantize_bias=_bool(schemes["bias"], "quantize", False, f"{where}: schemes.bias.quantize"),
+        weight_rounding=_rounding(weights, where),
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,
     )
+
+
+def _rounding(weights: Mapping, where: str) -> WeightRounding:
+    value = weights.get("rounding", WeightRounding.NEAREST.value)
+    try:
+        return WeightRounding(value)
+    except ValueError:
+        allowed = ", ".join(r.value for r in WeightRounding)
+        raise ProfileError(f"{where}: schemes.weights.rounding: {value!r} (allowed: {allowed})") from None
 
 
 def _mapping(raw: Mapping, key: str, where: str, prefix: str = "") -> Mapping:

@@ -14,16 +14,14 @@ from pathlib import Path
 
 import onnx
 
-from onnxmp import curves, model_io, output_folder, runtime, versions
-from onnxmp import encodings as encodings_format
+from onnxmp import curves, output_folder, runtime, versions
 from onnxmp.calib_data import CalibrationSet
+from onnxmp.emit import emit
 from onnxmp.errors import BudgetError, ModelError
 from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
-from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.phase1.executors import executor_for
 from onnxmp.phase1.jobs import Phase1Result
-from onnxmp.phase1.measure import measure
 from onnxmp.phase1.sensitivity import STORE_KIND, Phase1Context, Progress, sensitivity
 from onnxmp.records import (
     Candidate,
@@ -43,18 +41,21 @@ from onnxmp.search import (
     select_by_bops,
     select_by_target,
 )
-from onnxmp.steps import calibrate_ranges, homogeneous, measured_sqnr, prepare, simulate
+from onnxmp.steps import (
+    adaround,
+    adaround_key,
+    calibrate_ranges,
+    homogeneous,
+    measured_sqnr,
+    prepare,
+    simulate,
+)
 from onnxmp.store import ResultStore, run_key
 
 logger = logging.getLogger(__name__)
 
 Evaluate = Callable[[onnx.ModelProto], float]
 STORE_NAME = "phase1.jsonl"
-# every file a run may write (the QDQ model's weights go to .data beyond 2 GB); the store is not one
-OUTPUT_FILES = (
-    "model.qdq.onnx", "model.qdq.onnx.data", "encodings.json", "plan.json", "pareto.csv", "report.md",
-    "report.html", "sensitivity.json",
-)
 
 
 def search_point(
@@ -112,7 +113,7 @@ def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, prog
         raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run quantize first")
     context = Phase1Context(
         prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib, calibrated.reference,
-        settings.batch_size, prepared.profile.quantize_bias,
+        settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded,
     )
     placement = executor_for(settings.executor, settings.workers, settings.ray_address)
     return sensitivity(context, store=store, placement=placement, progress=progress)
@@ -154,7 +155,7 @@ def _select(
 
     def score_at(i: int) -> float:
         assert evaluate is not None  # Budget.check: max_drop comes with an evaluation
-        scores[i] = evaluate(simulate(calibrated.prepared, curve[i].plan, calibrated.encodings))
+        scores[i] = evaluate(simulate(calibrated.prepared, curve[i].plan, calibrated.encodings, calibrated.rounded))
         return scores[i]
 
     if budget.target_bops is not None:
@@ -185,6 +186,7 @@ def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> Resu
         **prepared.fingerprints,
         range_method=settings.range_method.value,
         batch_size=str(settings.batch_size),
+        weight_rounding=adaround_key(prepared, settings),
         runtime=runtime.ort.__version__,
         onnxmp=versions.onnxmp_version(),
     )
@@ -248,6 +250,7 @@ def quantize(
             raise ModelError(f"nothing to quantize on profile {loaded_profile.name} (--strict): no op has a kernel")
         del model  # a model loaded here lives on in prepared.model only
         calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start, bits=budget.bits)
+        calibrated = adaround(calibrated, settings, folder)
         decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)
         return emit(calibrated, decision, folder, settings=settings)
 
@@ -257,49 +260,3 @@ def _parse_bits(text: str) -> Candidate:
         return Candidate.parse(text)
     except ValueError as e:
         raise BudgetError(f"bits: {e}") from e
-
-
-def emit(calibrated: Calibrated, decision: Decision, output_dir: Path, *, settings: Settings) -> Result:
-    """Write the deployable QDQ model, measure it as deployed, and write the run's records, all
-    at once: into a staging folder, switched in for the previous run's (`output_folder`)."""
-    with output_folder.staged(output_dir, OUTPUT_FILES) as staging:
-        result = _write_outputs(calibrated, decision, staging, settings=settings)
-    return replace(result, paths={kind: output_dir / path.name for kind, path in result.paths.items()})
-
-
-def _write_outputs(calibrated: Calibrated, decision: Decision, output_dir: Path, *, settings: Settings) -> Result:
-    from onnxmp import report
-
-    prepared = calibrated.prepared
-    chosen = quantizers_for(
-        prepared.model, prepared.analysis, decision.plan, calibrated.encodings,
-        quantize_bias=prepared.profile.quantize_bias,
-    )
-    qdq = insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER)
-    paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}
-    decision = _with_deployed_sqnr(decision, calibrated, paths["model"], settings.batch_size)
-    user_set, absent = encodings_format.user_named(
-        prepared.original, prepared.model, {**chosen.weights, **chosen.biases}, chosen.activations
-    )
-    paths["encodings"] = model_io.write_text(
-        encodings_format.to_json(user_set, version=settings.encodings_version), output_dir / "encodings.json"
-    )
-    paths.update(report.write_all(prepared, decision, output_dir, absent=absent))
-    return Result.of(decision, paths)
-
-
-def _with_deployed_sqnr(decision: Decision, calibrated: Calibrated, model_path: Path, batch_size: int) -> Decision:
-    """The decision whose chosen point carries the SQNR of the written model run as a user runs
-    it (ONNX Runtime's QDQ rewrites on): one more pass over the calibration data.
-
-    Why: the search measures with those rewrites off, so it sees exactly the QDQ arithmetic;
-    what users get may differ (integer kernels, ONNX Runtime's own int32 biases), and the
-    report says by how much.
-    """
-    start = time.perf_counter()
-    deployed = measure(str(model_path), calibrated.calib, calibrated.reference, batch_size=batch_size, simulate=False)
-    point = replace(decision.point, deployed_sqnr_db=deployed.sqnr_db)
-    curve = tuple(point if p is decision.point else p for p in decision.curve)
-    selection = replace(decision.selection, point=point) if decision.selection is not None else None
-    timings = {**decision.timings, "deployed_check_s": time.perf_counter() - start}
-    return replace(decision, point=point, curve=curve, selection=selection, timings=timings)

@@ -8,6 +8,7 @@ returns it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import onnx
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import BudgetError
 from onnxmp.graph import DataflowGraph
-from onnxmp.hw_profile import HwProfile
+from onnxmp.hw_profile import HwProfile, WeightRounding
 from onnxmp.records import (
     Candidate,
     ExecutorKind,
@@ -33,6 +34,13 @@ from onnxmp.records import (
     Strategy,
     TensorEncoding,
 )
+
+
+class AdaRoundInputs(enum.Enum):
+    """Which layer inputs AdaRound reconstructs the float layer output from."""
+
+    FLOAT = "float"  # the float network's inputs to the layer
+    QUANTIZED = "quantized"  # the quantized network's (AIMET style), against the float output
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class Settings:
             return self.strategy.value
         modes = ["network" if self.per_network else "group", "measured" if self.measured_loss else "predicted"]
         return f"adaqat ({', '.join(modes)})"
+    weight_rounding: WeightRounding | None = None  # None: the profile's (schemes.weights.rounding)
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,9 @@ class Calibrated:
     encodings: Mapping[tuple[str, int], TensorEncoding]
     calib: CalibrationSet
     reference: Mapping[str, Sequence[np.ndarray]]  # float outputs, one array per run
-    timings: Mapping[str, float] = field(default_factory=dict)  # prepare_s, calibrate_s
+    timings: Mapping[str, float] = field(default_factory=dict)  # prepare_s, calibrate_s, adaround_s
+    # (weight, bits) -> AdaRounded integers; every configuration stitches in its own widths
+    rounded: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

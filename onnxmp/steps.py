@@ -11,22 +11,26 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxmp import bops, calib_data, graph, model_io
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import CalibrationError, ModelError, OnnxmpError, PassError, first_line
-from onnxmp.hw_profile import HwProfile
+from onnxmp.hw_profile import HwProfile, WeightRounding
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.check_canonical import check_canonical
-from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
+from onnxmp.passes.insert_qdq import Rounded, WeightStorage, insert_qdq
 from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_ops
 from onnxmp.passes.quantizer_groups import quantizer_groups
+from onnxmp.passes.round_weights import RoundingOptions, round_weights
 from onnxmp.phase1.measure import measure, reference_outputs
 from onnxmp.records import Candidate, GroupAnalysis, ParetoPoint, Plan, SensitivityTable
 from onnxmp.run_records import Calibrated, Decision, Prepared, Settings, homogeneous_plan
+from onnxmp.store import ResultStore, run_key
 
 logger = logging.getLogger(__name__)
 
@@ -156,17 +160,18 @@ def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> 
     return ParetoPoint(rel, predicted, plan)
 
 
-def simulate(prepared: Prepared, plan: Plan, encodings) -> onnx.ModelProto:
-    """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights)."""
+def simulate(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None) -> onnx.ModelProto:
+    """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights; the
+    `rounded` integers of the plan's weight widths where given, i.e. AdaRound)."""
     return insert_qdq(
         prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings,
-        weights=WeightStorage.FAKE_FLOAT, quantize_bias=prepared.profile.quantize_bias,
+        weights=WeightStorage.FAKE_FLOAT, quantize_bias=prepared.profile.quantize_bias, rounded=rounded,
     )
 
 
 def measured_sqnr(calibrated: Calibrated, plan: Plan, batch_size: int) -> float:
     """True output SQNR of `plan` over the calibration data."""
-    qdq = simulate(calibrated.prepared, plan, calibrated.encodings)
+    qdq = simulate(calibrated.prepared, plan, calibrated.encodings, calibrated.rounded)
     return measure(qdq, calibrated.calib, calibrated.reference, batch_size=batch_size).sqnr_db
 
 
@@ -177,3 +182,64 @@ def homogeneous(calibrated: Calibrated, bits: Candidate, settings: Settings) -> 
         point_of(plan, calibrated.prepared, None), measured_sqnr_db=measured_sqnr(calibrated, plan, settings.batch_size)
     )
     return Decision(plan, point, (point,), timings=dict(calibrated.timings))
+
+
+ADAROUND_STORE = "adaround.jsonl"
+ADAROUND = RoundingOptions()  # the measured defaults (README "AdaRound")
+
+
+def weight_rounding(prepared: Prepared, settings: Settings) -> WeightRounding:
+    """The run's rounding: the setting (`--weight-rounding`) if given, else the profile's."""
+    return settings.weight_rounding or prepared.profile.weight_rounding
+
+
+def adaround_key(prepared: Prepared, settings: Settings) -> str:
+    """What the phase-1 store key must know of the rounding (its results depend on it)."""
+    if weight_rounding(prepared, settings) is WeightRounding.NEAREST:
+        return WeightRounding.NEAREST.value
+    return f"{WeightRounding.ADAROUND.value}:{ADAROUND!r}:seed={settings.seed}"
+
+
+def adaround(
+    calibrated: Calibrated, settings: Settings, output_dir: Path | None, *,
+    options: RoundingOptions = ADAROUND, progress: Callable[[int, int, str], None] | None = None,
+) -> Calibrated:
+    """`calibrated` with AdaRounded integers for every (weight, bits) up to ADAROUND.max_bits.
+
+    A no-op with nearest rounding. Results are kept in `output_dir/adaround.jsonl`, so a
+    rerun or `onnxmp search` in the same folder reads them back.
+    """
+    prepared = calibrated.prepared
+    if weight_rounding(prepared, settings) is WeightRounding.NEAREST:
+        return calibrated
+    start = time.perf_counter()
+    store = None
+    if output_dir is not None:
+        key = run_key(model=prepared.fingerprints["model"], calibration=prepared.fingerprints["calibration"])
+        store = ResultStore(Path(output_dir) / ADAROUND_STORE, key)
+    options = replace(options, grams=replace(options.grams, seed=settings.seed))
+    rounded: dict[tuple[str, int], np.ndarray] = {}
+    for bits in sorted({b for (name, b) in calibrated.encodings if prepared.graph.is_constant(name)}):
+        encodings = {k: e for k, e in calibrated.encodings.items() if k[1] == bits}
+        plan = width_plan(prepared, bits)
+
+        def network(done, plan=plan):
+            return simulate(prepared, plan, calibrated.encodings, done)
+
+        rounded.update(round_weights(
+            prepared.model, encodings, calibrated.calib, options=options, store=store, quantized=network, progress=progress,
+        ))
+    timings = {**calibrated.timings, "adaround_s": time.perf_counter() - start}
+    return replace(calibrated, rounded=rounded, timings=timings)
+
+
+def width_plan(prepared: Prepared, w_bits: int) -> Plan:
+    """Every group at its highest candidate with weight width `w_bits` (weightless groups at
+    the activation width those kernels pair with): the network AdaRound's layer inputs come
+    from when rounding `w_bits` weights."""
+    paired = max((k.a_bits for k in prepared.profile.kernels if k.w_bits == w_bits), default=None)
+    choices = {}
+    for group in prepared.analysis.groups:
+        same = [c for c in group.candidates if c.w_bits == w_bits or (c.w_bits is None and c.a_bits == paired)]
+        choices[group.id] = same[0] if same else group.highest
+    return Plan(choices)

@@ -46,6 +46,7 @@ from onnxmp.records import Grid, GroupAnalysis, Plan, TensorEncoding
 
 Encodings = Mapping[tuple[str, int], TensorEncoding]
 ACTIVATION_CONTAINERS = (8, 16)  # bits of the activation integer types
+Rounded = Mapping[tuple[str, int], np.ndarray]  # (weight, bits) -> integers in the weight's shape
 _INT32_SAFE = 2**31 - 2**8  # headroom for float32 rounding of s_x * s_w
 
 
@@ -62,18 +63,25 @@ def insert_qdq(
     encodings: Encodings,
     weights: WeightStorage = WeightStorage.INTEGER,
     quantize_bias: bool = False,
+    rounded: Rounded | None = None,
 ) -> onnx.ModelProto:
     """Return a copy of `model` with quantizers for every group in `plan`."""
-    chosen = quantizers_for(model, analysis, plan, encodings, quantize_bias=quantize_bias)
+    chosen = quantizers_for(model, analysis, plan, encodings, quantize_bias=quantize_bias, rounded=rounded)
     return insert_quantizers(model, chosen, weights=weights)
 
 
 def quantizers_for(
-    model: onnx.ModelProto, analysis: GroupAnalysis, plan: Plan, encodings: Encodings, *, quantize_bias: bool = False
+    model: onnx.ModelProto, analysis: GroupAnalysis, plan: Plan, encodings: Encodings, *,
+    quantize_bias: bool = False, rounded: Rounded | None = None,
 ) -> EncodingSet:
-    """Resolve a plan into per-tensor encodings (and int32 bias encodings s_x * s_w)."""
+    """Resolve a plan into per-tensor encodings (and int32 bias encodings s_x * s_w).
+
+    `rounded` holds integer weights per (weight, bits) that replace round-to-nearest
+    (AdaRound): every configuration stitches in those of its own bit-widths.
+    """
     weight_encodings: dict[str, TensorEncoding] = {}
     act_encodings: dict[str, TensorEncoding] = {}
+    integers: dict[str, np.ndarray] = {}
     for group in analysis.groups:
         candidate = plan.get(group.id)
         if candidate is None:
@@ -81,8 +89,12 @@ def quantizers_for(
         w_bits = candidate.w_bits  # None only for groups without weights
         weight_encodings.update({w: encodings[(w, w_bits)] for w in group.weights if w_bits is not None})
         act_encodings.update({t: encodings[(t, candidate.a_bits)] for t in group.activations})
+        if rounded is not None and w_bits is not None:
+            integers.update({w: rounded[(w, w_bits)] for w in group.weights if (w, w_bits) in rounded})
     biases = _bias_encodings(model, analysis, weight_encodings, act_encodings) if quantize_bias else {}
-    return EncodingSet(weight_encodings, act_encodings, biases)
+    # a weight whose scale grew to keep its bias in int32 falls back to nearest rounding
+    kept = {w: q for w, q in integers.items() if weight_encodings[w] is encodings[(w, weight_encodings[w].bits)]}
+    return EncodingSet(weight_encodings, act_encodings, biases, kept)
 
 
 def _bias_encodings(
@@ -130,10 +142,11 @@ def insert_quantizers(model: onnx.ModelProto, quantizers: EncodingSet, *, weight
     renamed: dict[str, str] = {}
     initializers = {init.name: init for init in graph.initializer}
     for name, enc in (*quantizers.weights.items(), *quantizers.biases.items()):
+        w_int = quantizers.integers.get(name)
         if weights is WeightStorage.FAKE_FLOAT:
-            initializers[name].CopyFrom(_fake_quantized(initializers[name], enc))
+            initializers[name].CopyFrom(_fake_quantized(initializers[name], enc, w_int))
         else:
-            nodes, new_inits, renamed[name] = _dequantized_weight(initializers[name], enc, taken)
+            nodes, new_inits, renamed[name] = _dequantized_weight(initializers[name], enc, taken, w_int)
             weight_nodes.extend(nodes)
             graph.initializer.extend(new_inits)
     producers = {out: node for node in graph.node for out in node.output}
@@ -204,19 +217,27 @@ def _activation_storage(enc: TensorEncoding) -> tuple[int, int]:
     return (TensorProto.INT16 if enc.signed else TensorProto.UINT16), enc.zero_point[0]
 
 
-def _fake_quantized(init: onnx.TensorProto, enc: TensorEncoding) -> onnx.TensorProto:
+def _integers(w: np.ndarray, enc: TensorEncoding, w_int: np.ndarray | None) -> np.ndarray:
+    """The weight's integers: the given ones (AdaRound), else round to nearest."""
+    if w_int is not None:
+        return w_int
+    scale = np.asarray(enc.scale, np.float32).reshape(quant_math.broadcast_shape(w.ndim, enc.axis))
+    return quant_math.quantize(w, scale, 0, enc.qmin, enc.qmax)
+
+
+def _fake_quantized(init: onnx.TensorProto, enc: TensorEncoding, w_int: np.ndarray | None) -> onnx.TensorProto:
     w = numpy_helper.to_array(init)
     scale = np.asarray(enc.scale, np.float32).reshape(quant_math.broadcast_shape(w.ndim, enc.axis))
-    values = quant_math.fake_quantize(w, scale, 0, enc.qmin, enc.qmax)
+    values = quant_math.dequantize(_integers(w, enc, w_int), scale, 0)
     return numpy_helper.from_array(values.astype(w.dtype), init.name)
 
 
 def _dequantized_weight(
-    init: onnx.TensorProto, enc: TensorEncoding, taken: set[str]
+    init: onnx.TensorProto, enc: TensorEncoding, taken: set[str], w_int: np.ndarray | None
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     w = numpy_helper.to_array(init)
     scale = np.asarray(enc.scale, np.float32)
-    w_int = quant_math.quantize(w, scale.reshape(quant_math.broadcast_shape(w.ndim, enc.axis)), 0, enc.qmin, enc.qmax)
+    w_int = _integers(w, enc, w_int)
     dtype = _weight_dtype(enc.bits)
     q_name = unique_name(taken, f"{init.name}_quantized")
     s_name = unique_name(taken, f"{init.name}_scale")

@@ -347,6 +347,45 @@ def conv_transpose(seed: int = 0) -> onnx.ModelProto:
     )
 
 
+def conv_transpose_geometry(*, stride: int, pad: int, dilation: int, group: int, output_padding: int) -> onnx.ModelProto:
+    #   x[N,4,5,5] ─ up(w[4, 6/group, 3, 3], strides, pads, dilations, group, output_padding) ─► y
+    rng = np.random.default_rng(0)
+    return _model(
+        f"""
+        g (float[N,4,5,5] x) => (float[N,6,?,?] y) {{
+            [up] y = ConvTranspose <strides = [{stride}, {stride}], pads = [{pad}, {pad}, {pad}, {pad}],
+                                    dilations = [{dilation}, {dilation}], group = {group},
+                                    output_padding = [{output_padding}, {output_padding}]> (x, w)
+        }}""",
+        {"w": _randn(rng, 4, 6 // group, 3, 3)},
+    )
+
+
+def conv1d(seed: int = 0) -> onnx.ModelProto:
+    #   x[N,3,12] ─ conv(w[5,3,3], stride 2, pads 1) ─► y[N,5,6]
+    rng = np.random.default_rng(seed)
+    return _model(
+        """
+        g (float[N,3,12] x) => (float[N,5,6] y) {
+            [conv] y = Conv <strides = [2], pads = [1, 1]> (x, w)
+        }""",
+        {"w": _randn(rng, 5, 3, 3)},
+    )
+
+
+def gemm_matmul(seed: int = 0) -> onnx.ModelProto:
+    #   x[N,6] ─ gemm(w_g[6,5], transB 0) ─► h[N,5] ─ mm(w_m[5,3]) ─► y[N,3]
+    rng = np.random.default_rng(seed)
+    return _model(
+        """
+        g (float[N,6] x) => (float[N,3] y) {
+            [gemm] h = Gemm (x, w_g)
+            [mm] y = MatMul (h, w_m)
+        }""",
+        {"w_g": _randn(rng, 6, 5), "w_m": _randn(rng, 5, 3)},
+    )
+
+
 def batched_matmul(seed: int = 0) -> onnx.ModelProto:
     #   x[N,2,3,5] ─ mm(w[2,5,7], broadcast over N) ─► y[N,2,3,7]
     rng = np.random.default_rng(seed)
@@ -471,6 +510,8 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "batched_matmul": batched_matmul,
     "attention_block": attention_block,
     "position_slice_matmul": position_slice_matmul,
+    "conv1d": conv1d,
+    "gemm_matmul": gemm_matmul,
 }
 
 

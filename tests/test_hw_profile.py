@@ -11,6 +11,7 @@ import pytest
 
 from onnxmp import hw_profile
 from onnxmp.errors import ProfileError
+from onnxmp.hw_profile import WeightRounding
 from onnxmp.records import Candidate, Granularity
 
 OPS = "ops:\n  quantized: [Conv, Add]\n  passthrough: [Relu]\n"
@@ -256,3 +257,13 @@ def test_section_of_wrong_type_is_a_profile_error(tmp_path, section, key):
     path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + section)
     with pytest.raises(ProfileError, match=f"^{re.escape(str(path))}: {key}: "):
         hw_profile.load_profile(path)
+
+
+def test_weight_rounding_from_the_profile(tmp_path):
+    path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + "schemes:\n  weights: {rounding: adaround}\n")
+    assert hw_profile.load_profile(path).weight_rounding is WeightRounding.ADAROUND
+    assert hw_profile.load_profile("npu").weight_rounding is WeightRounding.NEAREST
+    path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + "schemes:\n  weights: {rounding: up}\n")
+    with pytest.raises(ProfileError) as info:
+        hw_profile.load_profile(path)
+    assert str(info.value) == f"{path}: schemes.weights.rounding: 'up' (allowed: nearest, adaround)"

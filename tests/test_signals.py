@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxmp import files, output_folder, pipeline
+from onnxmp import emit, files, output_folder, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS, CALIB = REPO / "models" / "digits_cnn.onnx", REPO / "models" / "digits_calib.npz"
@@ -75,7 +75,7 @@ def _normalized(path: Path) -> bytes:
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:
-    return {name: _normalized(folder / name) for name in pipeline.OUTPUT_FILES if (folder / name).is_file()}
+    return {name: _normalized(folder / name) for name in emit.OUTPUT_FILES if (folder / name).is_file()}
 
 
 def _phase1(folder: Path) -> dict[tuple[str, str], tuple]:

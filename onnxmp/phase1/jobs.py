@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -49,6 +49,7 @@ class Phase1Job:
     quantize_bias: bool
     threads: int | None = None
     frontier_budget_bytes: int = DEFAULT_BUDGET_BYTES
+    rounded: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)  # AdaRounded integers
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def run_job(job: Phase1Job) -> Iterator[Phase1Result]:
             start = time.perf_counter()
             quantized = insert_qdq(
                 suffix, analysis=analysis, plan=Plan({group.id: candidate}), encodings=job.encodings,
-                weights=WeightStorage.FAKE_FLOAT, quantize_bias=job.quantize_bias,
+                weights=WeightStorage.FAKE_FLOAT, quantize_bias=job.quantize_bias, rounded=job.rounded,
             )
             noise = measure_chunks(quantized, walk.chunks(step), job.reference, signal, threads=job.threads)
             yield Phase1Result(group.id, candidate, noise, round(time.perf_counter() - start, 3))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -49,6 +49,7 @@ class Phase1Context:
     reference: Mapping[str, Sequence[np.ndarray]]  # float outputs, one array per run (measure.reference_outputs)
     batch_size: int = 16
     quantize_bias: bool = False
+    rounded: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)  # AdaRounded integers
 
 
 def context_for(
@@ -125,6 +126,7 @@ def split_jobs(
             encodings=dict(context.encodings), inputs=context.calib, reference=context.reference,
             pending=frozenset((g.id, c) for g in chunk for c in g.candidates if (g.id, c) in pending),
             batch_size=context.batch_size, quantize_bias=context.quantize_bias, threads=placement.threads,
+            rounded=dict(context.rounded),
         )
         for chunk in chunks if chunk
     ]

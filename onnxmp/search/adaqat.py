@@ -84,6 +84,8 @@ def _measured_delta(base: Plan, measure: Callable[[Plan], float]) -> TaskDelta:
 def lam_for_budget(space: SearchSpace, options: StrategyOptions, task: TaskDelta | None = None) -> tuple[float, list[Plan]]:
     """The lambda whose plan is the costliest at or below `options.target_bops`, and every plan visited."""
     task = task or task_delta(space, options)
+    if options.target_bops is None:
+        raise ValueError("lam_for_budget needs options.target_bops")
     target = options.target_bops + 1e-12
     visited: dict[float, Plan] = {}
 

@@ -109,7 +109,7 @@ def variable(axis: Axis, groups: Sequence[QuantizerGroup]) -> Variable:
 @functools.cache
 def allowed_kernel(group: QuantizerGroup, w_bits: int, a_bits: int) -> Candidate:
     """The cheapest kernel with at least `w_bits` and `a_bits` (the highest when none has)."""
-    covering = [c for c in group.candidates if c.w_bits >= w_bits and c.a_bits >= a_bits]
+    covering = [c for c in group.candidates if (c.w_bits is None or c.w_bits >= w_bits) and c.a_bits >= a_bits]
     return min(covering, key=lambda c: (c.cost(), group.candidates.index(c))) if covering else group.highest
 
 

@@ -1,0 +1,159 @@
+"""Issue 11 benchmark: AdaRound inside phase 1 and phase 2 on EfficientNet-Lite0, in one run.
+
+Calibrates on the first --calib images of imagenet/samples (default 256), scores top-1 on the
+first --val images of imagenet/val (default all 1300), npu profile. Prints, for nearest and
+AdaRound weights: W4A8 everywhere, then (unless --skip-mp) phase 1 (time beside AdaRound's),
+the greedy curve and MP@0.375 / MP@0.3 with predicted and measured SQNR. Also AdaRound's
+wall and CPU time for every weight tensor at 4 bits and the peak RSS after it, and the
+layer-input variants (float network vs quantized prefix) at W4A8.
+
+Run: flock /work/bench.lock python bench/adaround.py [--calib 256] [--val 1300] [--skip-mp] [--inputs both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import imagenet  # noqa: E402
+
+from onnxmp import calib_data, inputs, pipeline, run_records, runtime, steps  # noqa: E402
+from onnxmp.hw_profile import WeightRounding  # noqa: E402
+from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
+from onnxmp.records import Candidate  # noqa: E402
+from onnxmp.run_records import AdaRoundInputs  # noqa: E402
+from onnxmp.search import select_by_bops  # noqa: E402
+from onnxmp.search.greedy import pareto_curve  # noqa: E402
+from onnxmp.store import ResultStore  # noqa: E402
+
+BUDGETS = (0.375, 0.3)
+TARGETS = {"W4A8": 79.0, "MP@0.375": 82.2, "MP@0.3": 81.0}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
+    """AdaRound every weight at 4 bits (W8 stays nearest); returns (calibrated, wall s, cpu s)."""
+    options = replace(steps.ADAROUND, inputs=inputs_mode, max_bits=4)
+    start, cpu = time.perf_counter(), time.process_time()
+    rounded = steps.adaround(calibrated, settings, cache / inputs_mode.value, options=options)
+    return rounded, time.perf_counter() - start, time.process_time() - cpu
+
+
+def mixed(calibrated, settings, label: str, images, labels) -> list[tuple]:
+    """Phase 1, the greedy curve and the MP points of `calibrated` (its rounding stitched in)."""
+    prepared = calibrated.prepared
+    start = time.perf_counter()
+    context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib,
+                            calibrated.reference, settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded)
+    store = pipeline.open_store(imagenet.CACHE / f"phase1-adaround-{label}", prepared, settings)
+    table = sensitivity(context, store=store)
+    print(f"[{label}] phase 1 {time.perf_counter() - start:.0f} s (0 if resumed)", flush=True)
+    curve = pareto_curve(table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
+    rows = []
+    for budget in BUDGETS:
+        plan = select_by_bops(curve, budget).point.plan
+        point = steps.point_of(plan, prepared, table)
+        measured = steps.measured_sqnr(calibrated, plan, settings.batch_size)
+        acc = imagenet.top1(steps.simulate(prepared, plan, calibrated.encodings, calibrated.rounded), images, labels)
+        rows.append((label, f"MP@{budget:g}", point.bops_rel, point.predicted_sqnr_db, measured, acc))
+        print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
+def digits() -> None:
+    """The same comparison on the shipped digits CNN (models/), top-1 on its 500 held-out digits."""
+    import numpy as np
+    import onnx
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    model = onnx.load(str(models / "digits_cnn.onnx"))
+    calib = calib_data.load_arrays(models / "digits_calib.npz", model)
+    with np.load(models / "digits_eval.npz") as data:
+        images, labels = data["image"], data["label"]
+    settings = run_records.Settings(weight_rounding=WeightRounding.ADAROUND)
+    prepared = steps.prepare(model, inputs.load_inputs(model, "npu", calib)[1], calib)
+    nearest = steps.calibrate_ranges(prepared, calib, settings)
+    start = time.perf_counter()
+    rounded = steps.adaround(nearest, settings, None)
+    print(f"digits CNN: AdaRound {time.perf_counter() - start:.1f} s for {len(rounded.rounded)} weight tensors", flush=True)
+
+    def top1(calibrated, plan) -> float:
+        qdq = steps.simulate(prepared, plan, calibrated.encodings, calibrated.rounded)
+        sess = runtime.session(qdq)
+        return 100.0 * float(np.mean(sess.run(None, {"image": images})[0].argmax(axis=1) == labels))
+
+    for label, calibrated in (("nearest", nearest), ("adaround", rounded)):
+        context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calib, calibrated.reference,
+                                settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded)
+        table = sensitivity(context, store=ResultStore(Path(tempfile.mkdtemp()) / "p1.jsonl", "digits"))
+        curve = pareto_curve(table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
+        plans = [("W4A8", run_records.homogeneous_plan(prepared.analysis, Candidate(4, 8), prepared.profile))]
+        plans += [(f"MP@{b:g}", select_by_bops(curve, b).point.plan) for b in BUDGETS]
+        for config, plan in plans:
+            point = steps.point_of(plan, prepared, table)
+            measured = steps.measured_sqnr(calibrated, plan, settings.batch_size)
+            print(f"{label:<9} {config:<9} BOPs {point.bops_rel:.4f} predicted {point.predicted_sqnr_db:6.2f} dB "
+                  f"measured {measured:6.2f} dB top-1 {top1(calibrated, plan):6.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calib", type=int, default=256)
+    parser.add_argument("--val", type=int, default=1300)
+    parser.add_argument("--skip-mp", action="store_true")
+    parser.add_argument("--inputs", choices=["float", "quantized", "both"], default="both")
+    parser.add_argument("--digits", action="store_true", help="the shipped digits CNN instead (no ../shared needed)")
+    args = parser.parse_args()
+    if args.digits:
+        digits()
+        return
+    setup = imagenet.efficientnet_setup()
+    if setup is None:
+        return
+    model, calib, images, labels = setup
+    calib = calib_data.validate({"input": calib.arrays["input"][: args.calib]}, calib_data.model_inputs(model), "samples")
+    images, labels = images[: args.val], labels[: args.val]
+    print(f"EfficientNet-Lite0, calibration {args.calib} imagenet/samples, top-1 on {args.val} imagenet/val", flush=True)
+    settings = run_records.Settings(weight_rounding=WeightRounding.ADAROUND)
+    model_, profile, calib = inputs.load_inputs(model, "npu", calib)
+    prepared = steps.prepare(model_, profile, calib)
+    nearest = steps.calibrate_ranges(prepared, calib, settings)
+    w4a8 = run_records.homogeneous_plan(prepared.analysis, Candidate(4, 8), profile)
+    print(f"rss after calibration {peak_rss_mib():.0f} MiB", flush=True)
+    rows = []
+
+    def score(calibrated, label: str) -> None:
+        measured = steps.measured_sqnr(calibrated, w4a8, settings.batch_size)
+        acc = imagenet.top1(steps.simulate(prepared, w4a8, calibrated.encodings, calibrated.rounded), images, labels)
+        rows.append((label, "W4A8", 0.25, float("nan"), measured, acc))
+        print(f"  {rows[-1]}", flush=True)
+
+    score(nearest, "nearest")
+    default = steps.ADAROUND.inputs
+    modes = [AdaRoundInputs(args.inputs)] if args.inputs != "both" else [default, *(m for m in AdaRoundInputs if m is not default)]
+    cache = Path(imagenet.CACHE) / f"adaround-{args.calib}"
+    for k, mode in enumerate(modes):  # the default variant first, with the MP points; then the other at W4A8
+        rounded, wall, cpu = adaround(nearest, settings, mode, cache)
+        print(f"AdaRound ({mode.value} inputs), {len(rounded.rounded)} weight tensors at 4 bits: "
+              f"wall {wall:.0f} s, CPU {cpu:.0f} s (0 if cached), peak RSS {peak_rss_mib():.0f} MiB", flush=True)
+        score(rounded, f"adaround-{mode.value}")
+        if k == 0 and not args.skip_mp:
+            rows += mixed(nearest, settings, "nearest", images, labels)
+            rows += mixed(rounded, settings, f"adaround-{mode.value}", images, labels)
+    print(f"\n{'rounding':<20} {'config':<9} {'rel BOPs':>8} {'pred SQNR':>9} {'meas SQNR':>9} {'top-1 %':>8} {'target':>7}")
+    for label, config, rel, predicted, measured, acc in rows:
+        target = TARGETS.get(config, "") if label.startswith("adaround") else ""
+        print(f"{label:<20} {config:<9} {rel:8.4f} {predicted:9.2f} {measured:9.2f} {acc:8.2f} {target:>7}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""AdaRounded integer weights for every (weight, bit-width) of a run, cached in a store.
+
+Why: the paper (§3.5) rounds each weight tensor once per weight bit-width, on the float
+network, and every configuration reuses those integers: phase 1 measures each candidate
+with them, phase 2 / selection / emit stitch them together. So the rounding is computed
+once here, before phase 1, and kept in a resumable store keyed by everything that decides
+it (weight bytes, layout, bits, scale, calibration, hyper-parameters): a rerun or
+`onnxmp search` reads it back instead of recomputing.
+
+Rule cases:
+1. Weights whose layer is not a matrix product (`layer_inputs.why_not_linear`) and widths
+   above `max_bits` stay at nearest rounding (they are absent from the result).
+2. The Gram matrices of all layer inputs come from one streaming pass over the
+   calibration data, only for weights not already in the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxmp.calib_data import CalibrationSet
+from onnxmp.graph import DataflowGraph, build
+from onnxmp.passes.adaround import AdaRoundParams, LayerProblem, adaround, gram_factor, output_error
+from onnxmp.passes.collect_grams import GramSettings, layer_grams
+from onnxmp.passes.layer_inputs import (
+    LinearLayout,
+    from_matrices,
+    layout_of,
+    scale_array,
+    to_matrices,
+    why_not_linear,
+)
+from onnxmp.records import TensorEncoding
+from onnxmp.run_records import AdaRoundInputs
+from onnxmp.store import ResultStore
+
+logger = logging.getLogger(__name__)
+
+STORE_KIND = "adaround"
+RoundedWeights = Mapping[tuple[str, int], np.ndarray]  # (weight, bits) -> integers, weight's shape
+Progress = Callable[[int, int, str], None]
+QuantizedNetwork = Callable[[RoundedWeights], onnx.ModelProto]  # the network with these integers
+
+
+@dataclass(frozen=True)
+class RoundingOptions:
+    """What AdaRound does; all of it (but `max_bits`) is part of each result's cache id."""
+
+    params: AdaRoundParams = field(default_factory=AdaRoundParams)
+    grams: GramSettings = field(default_factory=GramSettings)
+    max_bits: int = 6  # wider weights stay at nearest rounding
+    inputs: AdaRoundInputs = AdaRoundInputs.QUANTIZED  # measured: README "AdaRound"
+
+
+def round_weights(
+    model: onnx.ModelProto,
+    encodings: Mapping[tuple[str, int], TensorEncoding],
+    calib: CalibrationSet,
+    *,
+    options: RoundingOptions = RoundingOptions(),
+    store: ResultStore | None = None,
+    quantized: QuantizedNetwork | None = None,
+    progress: Progress | None = None,
+) -> RoundedWeights:
+    """AdaRounded integers of every roundable (weight, bits) in `encodings`.
+
+    With `options.inputs` QUANTIZED, layers are rounded one after the other in graph order,
+    each reconstructing its float output from its inputs in `quantized(rounded so far)`,
+    the quantized network the caller builds (AIMET's order; it needs one forward pass of the
+    prefix per layer).
+    """
+    graph = build(model)
+    tasks = _tasks(graph, encodings, options.max_bits)
+    data = calib.fingerprint()
+    ids = {t: _result_id(graph, encodings[t], options, data) for t in tasks}
+    done = {e["id"]: e for e in store.entries(STORE_KIND)} if store is not None else {}
+    result = {t: _decode(done[ids[t]]) for t in tasks if ids[t] in done}
+    pending = [t for t in tasks if t not in result]
+    logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(result))
+    if pending:
+        layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
+        if options.inputs is AdaRoundInputs.FLOAT:
+            rounds = [list(layouts.values())]
+        else:  # layer by layer, each on the inputs of the network rounded so far
+            rounds = [[layouts[w]] for w in sorted(layouts, key=lambda w: graph.index(layouts[w].node))]
+        for layer_round in rounds:
+            use = None if quantized is None or options.inputs is AdaRoundInputs.FLOAT else quantized(result)
+            grams = layer_grams(model, layer_round, calib, options.grams, quantized=use)
+            for weight, bits in [t for t in pending if t[0] in grams]:
+                start = time.perf_counter()
+                entry = solve(graph.constant(weight), layouts[weight], encodings[(weight, bits)], grams[weight], options.params)
+                entry.update(id=ids[(weight, bits)], weight=weight, bits=bits, seconds=round(time.perf_counter() - start, 3))
+                if store is not None:
+                    store.append(STORE_KIND, entry)
+                result[(weight, bits)] = _decode(entry)
+                logger.info("adaround %d/%d %s @ %d bits: layer error %.3g -> %.3g (nearest -> adaround), %.1f s",
+                            len(result), len(tasks), weight, bits, entry["error_nearest"], entry["error_adaround"],
+                            entry["seconds"])
+                if progress is not None:
+                    progress(len(result), len(tasks), f"{weight} @ {bits} bits")
+    return MappingProxyType({t: result[t] for t in tasks})
+
+
+def _tasks(graph: DataflowGraph, encodings: Mapping[tuple[str, int], TensorEncoding], max_bits: int) -> list[tuple[str, int]]:
+    tasks = []
+    for (name, bits), enc in encodings.items():
+        if not graph.is_constant(name) or bits > max_bits or not enc.signed:
+            continue
+        reason = why_not_linear(graph, name)
+        if reason is not None:
+            logger.debug("adaround: %s stays at nearest rounding: %s", name, reason)
+            continue
+        tasks.append((name, bits))
+    return tasks
+
+
+def solve(
+    w: np.ndarray, layout: LinearLayout, enc: TensorEncoding, gram: tuple[np.ndarray, np.ndarray | None],
+    params: AdaRoundParams,
+) -> dict[str, Any]:
+    """AdaRound one (weight, bits); a store entry with the integers and both output errors."""
+    matrices = to_matrices(w.astype(np.float32), layout)
+    scale = to_matrices(scale_array(enc.scale, enc.axis, w.shape), layout)
+    g_xx, g_fx = gram
+    target = None if g_fx is None else np.matmul(matrices.astype(np.float64), g_fx - g_xx).astype(np.float32)
+    factor = gram_factor(g_xx, params.energy)
+    problem = LayerProblem(matrices, scale, enc.qmin, enc.qmax, factor, target, is_gram=factor.shape == g_xx.shape)
+    q, _ = adaround(problem, params)
+    nearest = np.clip(np.round(matrices / scale), enc.qmin, enc.qmax)
+    integers = from_matrices(q, layout, w.shape).astype(np.int8 if enc.bits <= 8 else np.int16)
+    return {
+        "shape": list(w.shape), "dtype": integers.dtype.name,
+        "integers": base64.b64encode(integers.tobytes()).decode(),
+        "error_nearest": output_error(nearest, problem), "error_adaround": output_error(q, problem),
+    }
+
+
+def _decode(entry: Mapping[str, Any]) -> np.ndarray:
+    data = base64.b64decode(entry["integers"])
+    return np.frombuffer(data, np.dtype(entry["dtype"])).reshape(entry["shape"]).astype(np.int64)  # type: ignore[no-any-return]
+
+
+def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptions, data: str) -> str:
+    """sha256 of the weight bytes, its layout, bits, scale, the data and hyper-parameters."""
+    digest = hashlib.sha256(np.ascontiguousarray(graph.constant(enc.name)).tobytes())
+    layout = layout_of(graph, enc.name)
+    facts = {
+        "layout": repr(layout), "bits": enc.bits, "scale": list(enc.scale), "axis": enc.axis,
+        "qrange": [enc.qmin, enc.qmax], "data": data, "params": asdict(options.params),
+        "grams": asdict(options.grams), "inputs": options.inputs.value,
+    }
+    digest.update(json.dumps(facts, sort_keys=True).encode())
+    return digest.hexdigest()
