@@ -8,7 +8,8 @@ settings fingerprints), so a curve of another model or profile is never mixed in
 
 Rule cases:
 1. A curve is stored whole, as one entry per run, under a label (the strategy and its mode);
-   the latest entry of a label wins.
+   the latest entry of a label wins. Read back with a phase-1 table, points stored without a
+   prediction get one.
 2. A measured plan is stored as its output SQNR under a digest of the plan; reading back
    gives the same number without ONNX Runtime.
 """
@@ -20,7 +21,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 
-from onnxmp.records import Candidate, ParetoCurve, ParetoPoint, Plan
+from onnxmp.records import Candidate, ParetoCurve, ParetoPoint, Plan, SensitivityTable
 from onnxmp.store import ResultStore
 
 CURVE_KIND = "curve"
@@ -32,11 +33,12 @@ def save_curve(store: ResultStore, label: str, curve: ParetoCurve) -> None:
     store.append(CURVE_KIND, {"label": label, "points": [_point_json(p) for p in curve]})
 
 
-def stored_curves(store: ResultStore) -> dict[str, ParetoCurve]:
-    """The latest curve of every label in the store, by label."""
+def stored_curves(store: ResultStore, table: SensitivityTable | None = None) -> dict[str, ParetoCurve]:
+    """The latest curve of every label in the store, by label; with `table`, points stored
+    without a prediction (MixQuant run before phase 1 was) get one."""
     curves = {}
     for entry in store.entries(CURVE_KIND):
-        curves[entry["label"]] = tuple(_point_of(p) for p in entry["points"])
+        curves[entry["label"]] = tuple(_point_of(p, table) for p in entry["points"])
     return dict(sorted(curves.items()))
 
 
@@ -74,13 +76,13 @@ def _point_json(point: ParetoPoint) -> dict:
     }
 
 
-def _point_of(data: Mapping) -> ParetoPoint:
+def _point_of(data: Mapping, table: SensitivityTable | None) -> ParetoPoint:
     plan = Plan({g: Candidate.parse(c) for g, c in data["plan"].items()})
     measured = data.get("measured_sqnr_db")
-    return ParetoPoint(
-        data["bops_rel"], _float(data["predicted_sqnr_db"]), plan,
-        None if measured is None else _float(measured), data.get("accuracy"),
-    )
+    predicted = _float(data["predicted_sqnr_db"])
+    if math.isnan(predicted) and table is not None:
+        predicted = table.predicted_sqnr_db(plan)
+    return ParetoPoint(data["bops_rel"], predicted, plan, None if measured is None else _float(measured), data.get("accuracy"))
 
 
 def _text(value: float) -> float | str:

@@ -82,22 +82,11 @@ def search_point(
     chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate)
     timings["search_s"] = time.perf_counter() - start
     curves.save_curve(store, settings.curve_label, chosen.curve)
-    others = {k: _predicted(v, table) for k, v in curves.stored_curves(store).items() if k != settings.curve_label}
+    others = {k: v for k, v in curves.stored_curves(store, table).items() if k != settings.curve_label}
     point = chosen.selection.point
     return Decision(
         point.plan, point, chosen.curve, chosen.selection, table, timings, chosen.float_score,
         {settings.curve_label: chosen.curve, **others},
-    )
-
-
-def _predicted(curve: ParetoCurve, table) -> ParetoCurve:
-    """A stored curve with predictions from this run's table where it had none (MixQuant run
-    before phase 1 was)."""
-    if table is None:
-        return curve
-    return tuple(
-        p if p.predicted_sqnr_db == p.predicted_sqnr_db else replace(p, predicted_sqnr_db=table.predicted_sqnr_db(p.plan))
-        for p in curve
     )
 
 

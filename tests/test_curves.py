@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from onnxmp import curves
-from onnxmp.records import Candidate, ParetoPoint, Plan
+from onnxmp.records import Candidate, ParetoPoint, Plan, SensitivityTable
 from onnxmp.store import ResultStore
 
 W8A8, W4A8 = Candidate(8, 8), Candidate(4, 8)
@@ -46,3 +48,13 @@ def test_each_plan_is_measured_once_even_across_runs(tmp_path):
     second = curves.stored_measure(store, measure)  # a rerun reads the store
     assert second(Plan({"a": W4A8})) == math.inf and second(Plan({"a": W8A8})) == 30.0
     assert calls == [Plan({"a": W8A8}), Plan({"a": W4A8})]
+
+
+def test_a_point_stored_without_prediction_gets_one_from_a_table(tmp_path):
+    # noise ratios 1e-2 (20 dB) and 1e-3 (30 dB) add to 0.011: -10 log10(0.011) = 19.586 dB
+    store = ResultStore(tmp_path / "s.jsonl", "k")
+    plan = Plan({"a": W4A8, "b": W8A8})
+    curves.save_curve(store, "mixquant", (ParetoPoint(0.4, math.nan, plan),))
+    table = SensitivityTable({("a", W4A8): 20.0, ("b", W8A8): 30.0})
+    (point,) = curves.stored_curves(store, table)["mixquant"]
+    assert point.predicted_sqnr_db == pytest.approx(19.586073148417746)

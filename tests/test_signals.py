@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from onnxmp import emit, files, output_folder, pipeline
+from onnxmp.phase1.sensitivity import STORE_KIND
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS, CALIB = REPO / "models" / "digits_cnn.onnx", REPO / "models" / "digits_calib.npz"
@@ -81,7 +82,8 @@ def _outputs(folder: Path) -> dict[str, bytes]:
 def _phase1(folder: Path) -> dict[tuple[str, str], tuple]:
     if not (folder / STORE).exists():
         return {}
-    entries = [json.loads(line) for line in (folder / STORE).read_text().splitlines() if line.endswith("}")]
+    lines = (folder / STORE).read_text().splitlines()
+    entries = [e for line in lines if line.endswith("}") and (e := json.loads(line))["kind"] == STORE_KIND]
     return {(e["group"], e["candidate"]): (e["signal"], e["noise"]) for e in entries}
 
 
