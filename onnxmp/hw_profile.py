@@ -20,10 +20,11 @@ import onnx.defs
 
 from onnxmp import strict
 from onnxmp.errors import ProfileError
+from onnxmp.latency_spec import LatencySpec, parse_latency
 from onnxmp.records import Candidate, Granularity
 
 MIN_BITS, MAX_BITS = 2, 16
-_TOP_KEYS = {"name", "description", "kernels", "ops", "op_kernels", "schemes"}
+_TOP_KEYS = {"name", "description", "kernels", "ops", "op_kernels", "schemes", "latency"}
 _OPS_KEYS = {"quantized", "passthrough"}
 _SCHEME_KEYS = {"weights": {"granularity", "symmetric", "rounding"}, "activations": {"granularity", "symmetric"}, "bias": {"quantize"}}
 
@@ -50,6 +51,7 @@ class HwProfile:
     weight_rounding: WeightRounding = WeightRounding.NEAREST  # schemes.weights.rounding
     description: str = ""
     fingerprint: str = ""
+    latency: LatencySpec | None = None  # the `latency:` section (onnxmp.latency_spec)
 
     def kernels_for(self, op_type: str) -> tuple[Candidate, ...]:
         """Kernels an op type may use: its own list if the profile gives one, else all."""
@@ -132,6 +134,7 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         weight_rounding=_rounding(weights, where),
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,
+        latency=parse_latency(raw.get("latency"), where),
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 from onnxmp import hw_profile
 from onnxmp.errors import ProfileError
 from onnxmp.hw_profile import WeightRounding
+from onnxmp.latency_spec import Dataflow, OrtSpec, SystolicSpec
 from onnxmp.records import Candidate, Granularity
 
 OPS = "ops:\n  quantized: [Conv, Add]\n  passthrough: [Relu]\n"
@@ -24,7 +25,7 @@ def _write(tmp_path: Path, text: str, name: str = "device.yaml") -> Path:
 
 
 def test_builtin_names():
-    assert hw_profile.builtin_names() == ("npu", "npu-transformer", "research", "w4a8-w8a16")
+    assert hw_profile.builtin_names() == ("npu", "npu-transformer", "research", "systolic-amed", "w4a8-w8a16")
 
 
 @pytest.mark.parametrize("name", hw_profile.builtin_names())
@@ -178,7 +179,7 @@ def test_unknown_top_level_key(tmp_path):
          "schemes.activations.granularity: 'per_channel' (allowed: per_tensor)"),
         ("schemes: []\n", "schemes: expected a mapping, got list"),
         ("op_kernels:\n  Conb: [W8A8]\n", "op_kernels.'Conb' is not an ONNX op type (did you mean 'Conv'?)"),
-        ("null: 1\n", "None: unknown key (allowed: description, kernels, name, op_kernels, ops, schemes)"),
+        ("null: 1\n", "None: unknown key (allowed: description, kernels, latency, name, op_kernels, ops, schemes)"),
     ],
 )
 def test_unknown_keys_at_any_depth_name_the_closest_valid_one(tmp_path, section, message):
@@ -241,7 +242,7 @@ def test_unknown_builtin_name():
     with pytest.raises(ProfileError) as info:
         hw_profile.load_profile("tpu9000")
     assert str(info.value) == (
-        "tpu9000: no such profile file or built-in profile (built-in: npu, npu-transformer, research, w4a8-w8a16)"
+        "tpu9000: no such profile file or built-in profile (built-in: npu, npu-transformer, research, systolic-amed, w4a8-w8a16)"
     )
 
 
@@ -267,3 +268,33 @@ def test_weight_rounding_from_the_profile(tmp_path):
     with pytest.raises(ProfileError) as info:
         hw_profile.load_profile(path)
     assert str(info.value) == f"{path}: schemes.weights.rounding: 'up' (allowed: nearest, adaround)"
+def test_systolic_amed_profile_is_table_1():
+    spec = hw_profile.load_profile("systolic-amed").latency
+    assert spec == SystolicSpec(32, 32, Dataflow.OUTPUT_STATIONARY, 64.0, 64.0, 64.0, 10.0, 0.2, word_bits=16)
+
+
+@pytest.mark.parametrize(
+    ("latency", "message"),
+    [
+        ("latency: fast\n", "latency: expected a mapping with 'model: systolic' or 'model: ort'"),
+        ("latency: {model: gpu}\n", "latency.model: 'gpu' (allowed: systolic, ort)"),
+        ("latency: {model: ort, threads: 0}\n", "latency.threads: expected a positive integer, got 0"),
+        ("latency: {model: ort, thread: 2}\n", "latency.thread: unknown key (allowed: batch, provider, runs, threads, warmups)"),
+        ("latency: {model: systolic, rows: 4}\n", "latency.bandwidth_words: missing required key for model systolic"),
+        (
+            "latency: {model: systolic, rows: 4, cols: 4, ifmap_sram_kb: 1, filter_sram_kb: 1, ofmap_sram_kb: 1,"
+            " bandwidth_words: 1, clock_ghz: 1, dataflow: rs}\n",
+            "latency.dataflow: 'rs' (allowed: os, ws, is)",
+        ),
+    ],
+)
+def test_latency_section_errors_name_the_key(tmp_path, latency, message):
+    path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + latency)
+    with pytest.raises(ProfileError) as info:
+        hw_profile.load_profile(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_ort_latency_section_defaults(tmp_path):
+    path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + "latency: {model: ort, threads: 1}\n")
+    assert hw_profile.load_profile(path).latency == OrtSpec(threads=1)
