@@ -284,6 +284,7 @@ class ParetoPoint:
     measured_sqnr_db: float | None = None
     accuracy: float | None = None
     deployed_sqnr_db: float | None = None
+    latency_ms: float | None = None  # from the profile's latency model, when it has one
 
 
 ParetoCurve = tuple[ParetoPoint, ...]

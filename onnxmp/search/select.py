@@ -5,7 +5,9 @@ meeting a target is found by searching the curve, not by measuring all of it.
 
 Rule cases:
 1. BOPs budget R: the point with the largest relative BOPs <= R (the curve is sorted by
-   decreasing BOPs); R below the cheapest point is a BudgetError naming the range.
+   decreasing BOPs); R below the cheapest point is a BudgetError naming the range. A
+   latency budget takes the first point at or below it (latency decreases along a
+   latency curve; on a BOPs curve the first such point is the least noisy one).
 2. Quality target t, with `evaluate(index) -> quality` (higher is better); the answer is
    the cheapest point measured to meet t:
    - SEQUENTIAL walks from the cheapest point up, the reference answer (n evaluations worst);
@@ -41,6 +43,15 @@ def select_by_bops(curve: ParetoCurve, target: float) -> Selection:
         )
     index = fitting[0]
     return Selection(curve[index], index, evaluations=0, method=SelectionMethod.BOPS)
+
+
+def select_by_latency(curve: ParetoCurve, target_ms: float) -> Selection:
+    """The first point (the least noisy, on a greedy curve) whose latency is at most `target_ms`."""
+    fitting = [i for i, p in enumerate(curve) if p.latency_ms is not None and p.latency_ms <= target_ms + _TOLERANCE]
+    if not fitting:
+        fastest = min(p.latency_ms for p in curve if p.latency_ms is not None)
+        raise BudgetError(f"target latency {target_ms:g} ms is below the fastest configuration ({fastest:.4g} ms)")
+    return Selection(curve[fitting[0]], fitting[0], evaluations=0, method="latency")
 
 
 def select_by_target(

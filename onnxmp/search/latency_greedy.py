@@ -1,0 +1,92 @@
+"""Phase 2 with latency as the cost: the greedy curve of `greedy`, priced in milliseconds.
+
+Why: on a device whose latency is not proportional to BOPs (a memory-bound layer gains
+nothing from narrower weights; ONNX Runtime runs W4 slower than float), the walk must
+spend noise where it buys time. Latency is a function of the whole plan (a layer writes its
+output at its reader's width), so each move is priced by the latency of the plan it makes.
+
+Rule cases:
+1. Start with every group at its highest candidate.
+2. A move takes one group to its next-lower latency level given the current plan (the
+   largest latency among its candidates that lower the plan's latency; ties go to less
+   noise). The move taken adds the least predicted noise per millisecond saved; ties go to
+   the group that comes first in the network.
+3. A move that saves no time is never taken; the curve ends when no group can save time.
+4. Every point carries relative BOPs and latency; `with_latency` adds latency to any curve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+from onnxmp.records import (
+    Candidate,
+    ParetoCurve,
+    ParetoPoint,
+    Plan,
+    QuantizerGroup,
+    SensitivityTable,
+)
+from onnxmp.search.greedy import noise_ratio, predicted_sqnr_db
+
+Latency = Callable[[Plan], float]
+
+
+def latency_curve(
+    table: SensitivityTable,
+    groups: Sequence[QuantizerGroup],
+    bops: Mapping[str, Mapping[Candidate, int]],
+    reference_bops: int,
+    latency: Latency,
+) -> ParetoCurve:
+    """Every configuration the latency-priced greedy flips visit, all-highest first."""
+    plan = Plan({g.id: g.highest for g in groups})
+    points = [_point(plan, table, bops, reference_bops, latency(plan))]
+    while True:
+        move = _best_move(plan, groups, table, latency, points[-1].latency_ms)
+        if move is None:
+            return tuple(points)
+        plan, ms = move
+        points.append(_point(plan, table, bops, reference_bops, ms))
+
+
+def with_latency(curve: ParetoCurve, latency: Latency) -> ParetoCurve:
+    """The same points, each with its `latency_ms`."""
+    return tuple(replace(p, latency_ms=latency(p.plan)) for p in curve)
+
+
+def _point(plan: Plan, table: SensitivityTable, bops, reference_bops: int, ms: float) -> ParetoPoint:
+    total = sum(bops[g][c] for g, c in plan.items())
+    return ParetoPoint(
+        bops_rel=total / reference_bops if reference_bops else 0.0,
+        predicted_sqnr_db=predicted_sqnr_db(plan, table),
+        plan=plan,
+        latency_ms=ms,
+    )
+
+
+def _best_move(plan: Plan, groups, table: SensitivityTable, latency: Latency, current_ms: float):
+    best = None
+    for group in groups:
+        move = _next_lower(group, plan, table, latency, current_ms)
+        if move is None:
+            continue
+        candidate, ms = move
+        added = noise_ratio(table.of(group.id, candidate)) - noise_ratio(table.of(group.id, plan[group.id]))
+        price = added / (current_ms - ms)
+        if best is None or price < best[0]:
+            best = (price, plan.replace(group.id, candidate), ms)
+    return None if best is None else best[1:]
+
+
+def _next_lower(group: QuantizerGroup, plan: Plan, table: SensitivityTable, latency: Latency, current_ms: float):
+    """The least-noise candidate at the next strictly lower latency, and that latency."""
+    times = {c: latency(plan.replace(group.id, c)) for c in group.candidates if c != plan[group.id]}
+    faster = {c: ms for c, ms in times.items() if ms < current_ms - 1e-12}
+    if not faster:
+        return None
+    level = max(faster.values())
+    at_level = [c for c, ms in faster.items() if ms == level]
+    best = min(at_level, key=lambda c: (noise_ratio(table.of(group.id, c)), group.candidates.index(c)))
+    return best, level
