@@ -45,11 +45,10 @@ class SystolicSpec:
 
 @dataclass(frozen=True)
 class OrtSpec:
-    """ONNX Runtime on this machine: provider, threads, batch, and how many timed runs."""
+    """ONNX Runtime on this machine: provider, threads, and how many timed runs (batch 1)."""
 
     provider: str = "CPUExecutionProvider"
     threads: int = 2
-    batch: int = 1
     runs: int = 30
     warmups: int = 5
 
@@ -60,7 +59,7 @@ _SYSTOLIC_KEYS = {
     "rows": int, "cols": int, "ifmap_sram_kb": float, "filter_sram_kb": float, "ofmap_sram_kb": float,
     "bandwidth_words": float, "clock_ghz": float, "word_bits": int,
 }
-_ORT_KEYS = {"provider": str, "threads": int, "batch": int, "runs": int, "warmups": int}
+_ORT_KEYS = {"provider": str, "threads": int, "runs": int, "warmups": int}
 
 
 def parse_latency(raw: object, where: str) -> LatencySpec | None:

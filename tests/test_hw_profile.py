@@ -25,7 +25,7 @@ def _write(tmp_path: Path, text: str, name: str = "device.yaml") -> Path:
 
 
 def test_builtin_names():
-    assert hw_profile.builtin_names() == ("npu", "npu-transformer", "research", "systolic-amed", "w4a8-w8a16")
+    assert hw_profile.builtin_names() == ("npu", "npu-transformer", "ort-cpu", "research", "systolic-amed", "w4a8-w8a16")
 
 
 @pytest.mark.parametrize("name", hw_profile.builtin_names())
@@ -242,7 +242,7 @@ def test_unknown_builtin_name():
     with pytest.raises(ProfileError) as info:
         hw_profile.load_profile("tpu9000")
     assert str(info.value) == (
-        "tpu9000: no such profile file or built-in profile (built-in: npu, npu-transformer, research, systolic-amed, w4a8-w8a16)"
+        "tpu9000: no such profile file or built-in profile (built-in: npu, npu-transformer, ort-cpu, research, systolic-amed, w4a8-w8a16)"
     )
 
 
@@ -279,7 +279,7 @@ def test_systolic_amed_profile_is_table_1():
         ("latency: fast\n", "latency: expected a mapping with 'model: systolic' or 'model: ort'"),
         ("latency: {model: gpu}\n", "latency.model: 'gpu' (allowed: systolic, ort)"),
         ("latency: {model: ort, threads: 0}\n", "latency.threads: expected a positive integer, got 0"),
-        ("latency: {model: ort, thread: 2}\n", "latency.thread: unknown key (allowed: batch, provider, runs, threads, warmups)"),
+        ("latency: {model: ort, thread: 2}\n", "latency.thread: unknown key (allowed: provider, runs, threads, warmups)"),
         ("latency: {model: systolic, rows: 4}\n", "latency.bandwidth_words: missing required key for model systolic"),
         (
             "latency: {model: systolic, rows: 4, cols: 4, ifmap_sram_kb: 1, filter_sram_kb: 1, ofmap_sram_kb: 1,"

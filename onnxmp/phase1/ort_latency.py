@@ -1,0 +1,127 @@
+"""Latency measured with ONNX Runtime: each group's subgraph at each candidate, and whole models.
+
+Why: the runtime a user deploys with decides what is fast (ORT's CPU provider fuses
+DQ -> Conv -> Q into an integer kernel only at 8 bits; anything else runs as float plus
+dequantization). Measuring each (group, candidate) once gives an additive latency model
+the search can call thousands of times; whole-model measurements check it.
+
+Rule cases:
+1. A candidate's timing model is the deployable QDQ model with every group at that
+   candidate (float: the float model), so a group's subgraph sees neighbours of its own
+   precision: its input DequantizeLinear nodes, its ops with their fused Relu/Clip, and the
+   QuantizeLinear of its output. ORT then fuses it as it would inside a homogeneous model.
+2. A group's latency is the median over `runs` timed runs (after `warmups`) of its
+   subgraph at batch 1, on random inputs of the subgraph's dtypes.
+3. The estimate of a plan is the measured float model plus, per group, its subgraph time
+   at its candidate minus at float: per-run overheads cancel in the differences. What it
+   misses (conversions where a float group meets a quantized one, fusions across groups)
+   is what `estimate_error` reports against a whole-model measurement.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxmp import bops, runtime
+from onnxmp.float_candidate import float_of, is_float
+from onnxmp.graph import DataflowGraph
+from onnxmp.latency_spec import OrtSpec
+from onnxmp.passes.extract_subgraph import frontier, subgraph
+from onnxmp.records import Candidate, Plan, QuantizerGroup
+
+_FUSED = frozenset({"Relu", "Clip"})
+
+
+@dataclass(frozen=True)
+class OrtLatency:
+    """Per-(group, candidate) subgraph times and the whole float model's time, in ms."""
+
+    group_ms: Mapping[tuple[str, Candidate], float]
+    float_model_ms: float
+
+    def latency_ms(self, plan: Plan) -> float:
+        """Rule 3: the additive estimate of `plan`."""
+        return self.float_model_ms + sum(
+            self.group_ms[(g, c)] - self.group_ms[(g, float_of(c))] for g, c in plan.items() if not is_float(c)
+        )
+
+
+def median_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec) -> float:
+    """Median wall time of one run of `model` (deployment session: QDQ fusions on)."""
+    session = runtime.session(model, threads=spec.threads, simulate=False)
+    for _ in range(spec.warmups):
+        session.run(None, dict(feeds))
+    times = []
+    for _ in range(spec.runs):
+        start = time.perf_counter()
+        session.run(None, dict(feeds))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def group_times(
+    timing_model: onnx.ModelProto,
+    sample_shapes: Mapping[str, tuple[int, ...]],
+    groups: tuple[QuantizerGroup, ...],
+    spec: OrtSpec,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Rule 2: each group's subgraph time in `timing_model` (one candidate's model, rule 1)."""
+    graph = bops.concrete_graph(timing_model, sample_shapes)
+    rng = np.random.default_rng(seed)
+    result = {}
+    for group in groups:
+        part = group_subgraph(timing_model, graph, group)
+        result[group.id] = median_ms(part, random_feeds(part, rng), spec)
+    return result
+
+
+def group_subgraph(model: onnx.ModelProto, graph: DataflowGraph, group: QuantizerGroup) -> onnx.ModelProto:
+    """Rule 1: the group's ops, fused activations, input DQ nodes and output Q nodes."""
+    core = set(group.ops)
+    for op in group.ops:
+        tensor = graph.nodes[op].output[0]
+        while len(consumers := graph.consumers(tensor)) == 1 and consumers[0].op_type in _FUSED:
+            core.add(consumers[0].name)
+            tensor = consumers[0].output[0]
+    nodes = set(core)
+    for name in core:
+        for tensor in graph.nodes[name].input:
+            producer = graph.producer(tensor)
+            if producer is not None and producer.op_type == "DequantizeLinear":
+                nodes.add(producer.name)
+        for tensor in graph.nodes[name].output:
+            nodes.update(c.name for c in graph.consumers(tensor) if c.op_type == "QuantizeLinear")
+    inside = {t for n in nodes for t in graph.nodes[n].input}
+    outputs = [
+        t for n in sorted(nodes, key=graph.index) for t in graph.nodes[n].output
+        if t not in inside or t in graph.graph_outputs
+    ]
+    return subgraph(model, graph, nodes, frontier(graph, nodes), outputs)
+
+
+def random_feeds(model: onnx.ModelProto, rng: np.random.Generator, batch: int = 1) -> dict[str, np.ndarray]:
+    """Inputs of the model's dtypes and shapes (symbolic dims -> `batch`), small values."""
+    feeds = {}
+    for info in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else batch for d in info.type.tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+        values = rng.standard_normal(dims) if np.issubdtype(dtype, np.floating) else rng.integers(0, 100, dims)
+        feeds[info.name] = values.astype(dtype)
+    return feeds
+
+
+def estimate_error(estimate_ms: float, measured_ms: float) -> float:
+    """(estimate - measured) / measured, in percent.
+
+    >>> estimate_error(11.0, 10.0)
+    10.0
+    """
+    return 100 * (estimate_ms - measured_ms) / measured_ms
