@@ -1,0 +1,187 @@
+"""Issue 13 benchmark: latency as the budget, on EfficientNet-Lite0, in one run.
+
+Part 1, profile ort-cpu (ONNX Runtime CPU, 2 threads; candidates float, W8A16, W8A8):
+per-group subgraph latency at each candidate, the greedy curve priced in milliseconds,
+the fastest configuration within 1 point of FP32 top-1 (hybrid search on the curve), its
+measured batch-1 and batch-32 latency against float and W8A8, and the additive estimate
+against the measured latency.
+
+Part 2, profile systolic-amed (AMED Table 1 accelerator, numpy model): for two latency
+budgets, top-1 of greedy-on-BOPs (the least noisy point of the BOPs curve within the
+budget), greedy-on-latency, and AMED (Metropolis-Hastings; its best samples measured by
+true SQNR on the calibration set, then the best scored on val); AMED's samples,
+acceptance rate and wall time.
+
+Calibration: the first --calib images of imagenet/samples (default 64, reduced from the
+README's 256 to keep the run short); top-1 on the first --val images of imagenet/val
+(default all 1300). Phase-1 stores live in the system temp folder (resumable).
+
+Run: flock /work/bench.lock python bench/latency_search.py [--calib 64] [--val 1300] [--amed-samples 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+sys.path.insert(0, str(Path(__file__).parent))
+import imagenet  # noqa: E402
+
+from onnxmp import bops, pipeline  # noqa: E402
+from onnxmp.float_candidate import (  # noqa: E402
+    FLOAT,
+    FLOAT_ACTIVATION,
+    quantized_part,
+    table_with_float,
+    with_float,
+)
+from onnxmp.latency import SystolicLatency, layers_of  # noqa: E402
+from onnxmp.latency_spec import OrtSpec  # noqa: E402
+from onnxmp.passes.calibrate import calibrate  # noqa: E402
+from onnxmp.passes.insert_qdq import insert_qdq  # noqa: E402
+from onnxmp.phase1.ort_latency import OrtLatency, estimate_error, group_times, median_ms  # noqa: E402
+from onnxmp.phase1.sensitivity import measure, reference_outputs, sensitivity  # noqa: E402
+from onnxmp.records import Candidate, Plan  # noqa: E402
+from onnxmp.search.amed import AmedSettings, amed_search, pick_measured  # noqa: E402
+from onnxmp.search.greedy import pareto_curve  # noqa: E402
+from onnxmp.search.latency_greedy import latency_curve, with_latency  # noqa: E402
+from onnxmp.search.select import select_by_latency, select_by_target  # noqa: E402
+
+W8A8, W8A16 = Candidate(8, 8), Candidate(8, 16)
+BATCH32 = OrtSpec(threads=2, runs=10, warmups=2)
+
+
+class Run:
+    """Phase 1 on one profile and what every measurement needs (one per profile)."""
+
+    def __init__(self, profile: str, model: onnx.ModelProto, calib, val) -> None:
+        self.settings = pipeline.Settings()
+        model, self.profile, self.calib = pipeline.load_inputs(model, profile, calib)
+        self.prepared = pipeline.prepare(model, self.profile, self.calib)
+        self.encodings = calibrate(self.prepared.model, self.prepared.graph, self.prepared.analysis, self.calib, profile=self.profile)
+        store = pipeline.open_store(imagenet.CACHE / f"latency-{profile}-{self.calib.fingerprint()[:12]}", self.prepared, self.settings)
+        start = time.perf_counter()
+        self.table = sensitivity(self.prepared.model, self.prepared.analysis, self.encodings, self.calib, store=store, batch_size=16)
+        print(f"[{profile}] {len(self.prepared.analysis.groups)} groups, phase 1 {time.perf_counter() - start:.0f} s (0 if resumed)", flush=True)
+        self.reference = reference_outputs(self.prepared.model, self.calib, batch_size=16)
+        self.images, self.labels = val
+        self.scores: dict[Plan, float] = {}
+
+    def model_of(self, plan: Plan, *, deploy: bool = False) -> onnx.ModelProto:
+        plan = quantized_part(plan)
+        if not deploy:
+            return pipeline.simulate(self.prepared, plan, self.encodings)
+        return insert_qdq(self.prepared.model, analysis=self.prepared.analysis, plan=plan, encodings=self.encodings,
+                          quantize_bias=self.profile.quantize_bias)
+
+    def top1(self, plan: Plan) -> float:
+        if plan not in self.scores:
+            self.scores[plan] = imagenet.top1(self.model_of(plan), self.images, self.labels)
+        return self.scores[plan]
+
+    def sqnr(self, plan: Plan) -> float:
+        return measure(self.model_of(plan), self.calib, self.reference, batch_size=16).sqnr_db
+
+    def homogeneous(self, bits: Candidate) -> Plan:
+        return pipeline.homogeneous_plan(self.prepared.analysis, bits, self.profile)
+
+
+def ort_part(model, calib, val, fp32: float) -> None:
+    run = Run("ort-cpu", model, calib, val)
+    spec = run.profile.latency
+    analysis = run.prepared.analysis
+    groups = with_float(analysis).groups
+    table = table_with_float(run.table, analysis)
+    group_bops = bops.group_bops(run.prepared.graph, with_float(analysis), run.prepared.macs)
+    shapes = {name: (1, *a.shape[1:]) for name, a in run.calib.arrays.items()}
+    start = time.perf_counter()
+    times = {}
+    for kernel in (None, W8A16, W8A8):
+        timing_model = run.prepared.model if kernel is None else run.model_of(run.homogeneous(kernel), deploy=True)
+        for group_id, ms in group_times(timing_model, shapes, analysis.groups, spec).items():
+            candidate = kernel or FLOAT
+            if not analysis.group(group_id).weights:
+                candidate = FLOAT_ACTIVATION if kernel is None else Candidate(None, kernel.a_bits)
+            times[(group_id, candidate)] = ms
+    one = {k: v[:1] for k, v in run.calib.arrays.items()}
+    latency = OrtLatency(times, median_ms(run.prepared.model, one, spec))
+    print(f"[ort-cpu] {len(times)} subgraph timings in {time.perf_counter() - start:.0f} s; float model {latency.float_model_ms:.2f} ms", flush=True)
+    curve = latency_curve(table, groups, group_bops, run.prepared.reference_bops, latency.latency_ms)
+    selection = select_by_target(curve, lambda i: run.top1(curve[i].plan), fp32 - 1.0, what="top-1")
+    chosen = selection.point
+    kinds = dict(Counter(str(c) for c in chosen.plan.values()))
+    print(f"[ort-cpu] curve {len(curve)} points; chosen index {selection.index} after {selection.evaluations} top-1 evaluations: "
+          f"top-1 {run.top1(chosen.plan):.2f} (FP32 {fp32:.2f}); groups {kinds}", flush=True)
+    rows = [("float", None), ("W8A8", run.homogeneous(W8A8)), ("chosen", chosen.plan)]
+    batch32 = {next(iter(one)): val[0][:32]}
+    print(f"\n{'config':<8} {'top-1':>6} {'est b1 ms':>9} {'b1 ms':>7} {'est err %':>9} {'b32 ms':>8}")
+    measured = {}
+    for label, plan in rows:
+        deploy = run.prepared.model if plan is None else run.model_of(plan, deploy=True)
+        b1, b32 = median_ms(deploy, one, spec), median_ms(deploy, batch32, BATCH32)
+        estimate = latency.float_model_ms if plan is None else latency.latency_ms(plan)
+        top1 = fp32 if plan is None else run.top1(plan)
+        measured[label] = (b1, b32)
+        print(f"{label:<8} {top1:6.2f} {estimate:9.2f} {b1:7.2f} {estimate_error(estimate, b1):9.1f} {b32:8.1f}", flush=True)
+    for base in ("float", "W8A8"):
+        r1, r32 = (measured["chosen"][i] / measured[base][i] for i in (0, 1))
+        print(f"chosen / {base}: batch 1 {r1:.2f}x, batch 32 {r32:.2f}x")
+
+
+def systolic_part(model, calib, val, samples: int) -> None:
+    run = Run("systolic-amed", model, calib, val)
+    prepared = run.prepared
+    shapes = {name: (1, *a.shape[1:]) for name, a in run.calib.arrays.items()}
+    latency = SystolicLatency(layers_of(bops.concrete_graph(prepared.model, shapes), prepared.analysis), run.profile.latency)
+    for bits in run.profile.kernels:
+        print(f"[systolic] homogeneous {bits}: {latency.latency_ms(run.homogeneous(bits)):.3f} ms")
+    groups = prepared.analysis.groups
+    bops_curve = with_latency(pareto_curve(run.table, groups, prepared.group_bops, prepared.reference_bops), latency.latency_ms)
+    lat_curve = latency_curve(run.table, groups, prepared.group_bops, prepared.reference_bops, latency.latency_ms)
+    w8a8 = latency.latency_ms(run.homogeneous(W8A8))
+    print(f"\n{'budget ms':>9} {'method':<16} {'sim ms':>7} {'rel BOPs':>8} {'pred dB':>7} {'meas dB':>7} {'top-1':>6}")
+    for budget in (round(0.9 * w8a8, 2), round(0.75 * w8a8, 2)):
+        points = {
+            "greedy-BOPs": select_by_latency(bops_curve, budget).point,
+            "greedy-latency": select_by_latency(lat_curve, budget).point,
+        }
+        settings = AmedSettings(samples=samples, seed=0, lam=0.1, budget_ms=budget, keep=3)
+        result = amed_search(run.table, groups, prepared.group_bops, prepared.reference_bops, latency.latency_ms, settings)
+        points["AMED"], _ = pick_measured(result.best, run.sqnr)
+        for method, point in points.items():
+            print(f"{budget:9.2f} {method:<16} {point.latency_ms:7.3f} {point.bops_rel:8.4f} {point.predicted_sqnr_db:7.2f} "
+                  f"{run.sqnr(point.plan):7.2f} {run.top1(point.plan):6.2f}", flush=True)
+        print(f"{'':9} AMED: {result.samples} samples, acceptance rate {result.acceptance_rate:.3f} "
+              f"({result.accepted_moves}/{result.proposed_moves} layer moves), {result.seconds:.1f} s, "
+              f"{len(result.best)} best samples measured", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--val", type=int, default=1300)
+    parser.add_argument("--amed-samples", type=int, default=5000)
+    parser.add_argument("--parts", default="ort,systolic")
+    args = parser.parse_args()
+    if not imagenet.EFFICIENTNET.exists():
+        print("../shared is absent: nothing to measure")
+        return
+    model = onnx.load(str(imagenet.EFFICIENTNET))
+    images, labels = imagenet.validation_set()
+    val = (images[: args.val], labels[: args.val])
+    calib = imagenet.calibration_images(model, count=args.calib)
+    fp32 = imagenet.top1(model, *val)
+    print(f"EfficientNet-Lite0, calib {args.calib} imagenet/samples, top-1 on {args.val} imagenet/val: FP32 {fp32:.2f}", flush=True)
+    if "ort" in args.parts:
+        ort_part(model, calib, val, fp32)
+    if "systolic" in args.parts:
+        systolic_part(model, calib, val, args.amed_samples)
+
+
+if __name__ == "__main__":
+    main()
