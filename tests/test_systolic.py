@@ -9,6 +9,7 @@ from onnxmp.latency import Layer, SystolicLatency, gemm_shape, layers_of, operan
 from onnxmp.latency_spec import Dataflow, SystolicSpec
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.records import Candidate, Plan
+from onnxmp.store import ResultStore
 from onnxmp.systolic import GemmShape, OperandBits, compute_cycles, dram_bits, layer_cycles
 from tests import builders
 
@@ -76,3 +77,17 @@ def test_plan_latency_is_the_sum_of_layer_maxima():
     model = SystolicLatency((layer, layer), spec(bandwidth=0.5))
     # two memory-bound layers of 1024 cycles at 1 GHz: 2.048 microseconds
     assert model.latency_ms(Plan({"conv": Candidate(8, 8)})) == pytest.approx(2 * 1024 / 1e6)
+
+
+def test_layer_results_are_kept_in_the_store_and_read_back(tmp_path):
+    store = ResultStore(tmp_path / "phase1.jsonl", key="k")
+    layer = Layer("conv", "conv", None, True, CONV)
+    plan = Plan({"conv": Candidate(8, 8)})
+    first = SystolicLatency((layer,), spec(bandwidth=0.5), store=store).latency_ms(plan)
+
+    def never(*_):
+        raise AssertionError("a stored layer result was computed again")
+
+    again = SystolicLatency((layer,), spec(bandwidth=0.5), store=store, cycles_of=never)
+    assert again.latency_ms(plan) == first == pytest.approx(1024 / 1e6)
+    assert len(list(store.entries("systolic_layer"))) == 1
