@@ -32,7 +32,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
 
-from onnxmp import bops, pipeline  # noqa: E402
+from onnxmp import bops, pipeline, steps  # noqa: E402
 from onnxmp.float_candidate import (  # noqa: E402
     FLOAT,
     FLOAT_ACTIVATION,
@@ -40,13 +40,14 @@ from onnxmp.float_candidate import (  # noqa: E402
     table_with_float,
     with_float,
 )
+from onnxmp.inputs import load_inputs  # noqa: E402
 from onnxmp.latency import SystolicLatency, layers_of  # noqa: E402
 from onnxmp.latency_spec import OrtSpec  # noqa: E402
-from onnxmp.passes.calibrate import calibrate  # noqa: E402
 from onnxmp.passes.insert_qdq import insert_qdq  # noqa: E402
 from onnxmp.phase1.ort_latency import OrtLatency, estimate_error, group_times, median_ms  # noqa: E402
-from onnxmp.phase1.sensitivity import measure, reference_outputs, sensitivity  # noqa: E402
+from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
 from onnxmp.records import Candidate, Plan  # noqa: E402
+from onnxmp.run_records import Settings, homogeneous_plan  # noqa: E402
 from onnxmp.search.amed import AmedSettings, amed_search, pick_measured  # noqa: E402
 from onnxmp.search.greedy import pareto_curve  # noqa: E402
 from onnxmp.search.latency_greedy import latency_curve, with_latency  # noqa: E402
@@ -60,22 +61,24 @@ class Run:
     """Phase 1 on one profile and what every measurement needs (one per profile)."""
 
     def __init__(self, profile: str, model: onnx.ModelProto, calib, val) -> None:
-        self.settings = pipeline.Settings()
-        model, self.profile, self.calib = pipeline.load_inputs(model, profile, calib)
-        self.prepared = pipeline.prepare(model, self.profile, self.calib)
-        self.encodings = calibrate(self.prepared.model, self.prepared.graph, self.prepared.analysis, self.calib, profile=self.profile)
-        store = pipeline.open_store(imagenet.CACHE / f"latency-{profile}-{self.calib.fingerprint()[:12]}", self.prepared, self.settings)
+        settings = Settings()
+        model, self.profile, self.calib = load_inputs(model, profile, calib)
+        self.prepared = steps.prepare(model, self.profile, self.calib)
+        self.calibrated = steps.calibrate_ranges(self.prepared, self.calib, settings)
+        self.encodings = self.calibrated.encodings
+        store = pipeline.open_store(imagenet.CACHE / f"latency-{profile}-{self.calib.fingerprint()[:12]}", self.prepared, settings)
         start = time.perf_counter()
-        self.table = sensitivity(self.prepared.model, self.prepared.analysis, self.encodings, self.calib, store=store, batch_size=16)
+        context = Phase1Context(self.prepared.model, self.prepared.analysis, self.encodings, self.calib,
+                                self.calibrated.reference, 16, self.profile.quantize_bias)
+        self.table = sensitivity(context, store=store)
         print(f"[{profile}] {len(self.prepared.analysis.groups)} groups, phase 1 {time.perf_counter() - start:.0f} s (0 if resumed)", flush=True)
-        self.reference = reference_outputs(self.prepared.model, self.calib, batch_size=16)
         self.images, self.labels = val
         self.scores: dict[Plan, float] = {}
 
     def model_of(self, plan: Plan, *, deploy: bool = False) -> onnx.ModelProto:
         plan = quantized_part(plan)
         if not deploy:
-            return pipeline.simulate(self.prepared, plan, self.encodings)
+            return steps.simulate(self.prepared, plan, self.encodings)
         return insert_qdq(self.prepared.model, analysis=self.prepared.analysis, plan=plan, encodings=self.encodings,
                           quantize_bias=self.profile.quantize_bias)
 
@@ -85,10 +88,10 @@ class Run:
         return self.scores[plan]
 
     def sqnr(self, plan: Plan) -> float:
-        return measure(self.model_of(plan), self.calib, self.reference, batch_size=16).sqnr_db
+        return steps.measured_sqnr(self.calibrated, quantized_part(plan), 16)
 
     def homogeneous(self, bits: Candidate) -> Plan:
-        return pipeline.homogeneous_plan(self.prepared.analysis, bits, self.profile)
+        return homogeneous_plan(self.prepared.analysis, bits, self.profile)
 
 
 def ort_part(model, calib, val, fp32: float) -> None:
@@ -145,7 +148,8 @@ def systolic_part(model, calib, val, samples: int) -> None:
     lat_curve = latency_curve(run.table, groups, prepared.group_bops, prepared.reference_bops, latency.latency_ms)
     w8a8 = latency.latency_ms(run.homogeneous(W8A8))
     print(f"\n{'budget ms':>9} {'method':<16} {'sim ms':>7} {'rel BOPs':>8} {'pred dB':>7} {'meas dB':>7} {'top-1':>6}")
-    for budget in (round(0.9 * w8a8, 2), round(0.75 * w8a8, 2)):
+    fastest = lat_curve[-1].latency_ms
+    for budget in (max(round(0.9 * w8a8, 2), fastest), max(round(0.75 * w8a8, 2), fastest)):
         points = {
             "greedy-BOPs": select_by_latency(bops_curve, budget).point,
             "greedy-latency": select_by_latency(lat_curve, budget).point,

@@ -33,8 +33,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from onnxmp.records import Candidate, ParetoPoint, Plan, QuantizerGroup, SensitivityTable
-from onnxmp.search.greedy import noise_ratio, predicted_sqnr_db
+from onnxmp.records import (
+    Candidate,
+    ParetoPoint,
+    Plan,
+    QuantizerGroup,
+    SensitivityTable,
+    noise_ratio,
+)
 
 MASK_PENALTY = 1000.0
 _NOISE_FLOOR = 1e-12  # a plan with zero predicted noise: log10 stays finite
@@ -155,7 +161,7 @@ def _best(visited: dict[Plan, float], problem: _Problem, settings: AmedSettings)
         ms = problem.latency(plan)
         if budget is not None and ms > budget:
             continue
-        points.append(ParetoPoint(float("nan"), predicted_sqnr_db(plan, problem.table), plan, latency_ms=ms))
+        points.append(ParetoPoint(float("nan"), problem.table.predicted_sqnr_db(plan), plan, latency_ms=ms))
         if len(points) == settings.keep:
             break
     return tuple(points)

@@ -27,8 +27,8 @@ from onnxmp.records import (
     Plan,
     QuantizerGroup,
     SensitivityTable,
+    noise_ratio,
 )
-from onnxmp.search.greedy import noise_ratio, predicted_sqnr_db
 
 Latency = Callable[[Plan], float]
 
@@ -60,7 +60,7 @@ def _point(plan: Plan, table: SensitivityTable, bops, reference_bops: int, ms: f
     total = sum(bops[g][c] for g, c in plan.items())
     return ParetoPoint(
         bops_rel=total / reference_bops if reference_bops else 0.0,
-        predicted_sqnr_db=predicted_sqnr_db(plan, table),
+        predicted_sqnr_db=table.predicted_sqnr_db(plan),
         plan=plan,
         latency_ms=ms,
     )
