@@ -92,9 +92,9 @@ def _load_calib(model_path: str, calib: str | None, calib_images: str | None, pr
 
 def _check_budget_flags(options: RunOptions) -> None:
     """The budget errors a user can fix with flags, in the flags' names."""
-    given = sum(v is not None for v in [options.bits, options.target_bops, options.min_sqnr, options.max_drop])
+    given = sum(v is not None for v in [options.bits, options.target_bops, options.min_sqnr, options.max_drop, options.target_latency])
     if given != 1 and not (given == 0 and options.settings(require_stored=False).fixes_point):
-        raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop (or --qem/--lam alone)")
+        raise BudgetError("give exactly one of --bits, --target-bops, --min-sqnr, --max-drop, --target-latency (or --qem/--lam alone)")
     if options.max_drop is not None and options.eval_data is None and options.eval_fn is None:
         raise BudgetError("--max-drop needs an evaluation: --eval-data FILE.npz or --eval module:function")
 
@@ -112,6 +112,7 @@ def _run(options: RunOptions, *, require_stored: bool) -> None:
     result = pipeline.quantize(
         model, profile=options.profile, calib=calib, output_dir=output_dir, bits=options.bits,
         target_bops=options.target_bops, min_sqnr_db=options.min_sqnr, max_drop=options.max_drop,
+        target_latency_ms=options.target_latency,
         evaluate=options.evaluator(), settings=options.settings(require_stored=require_stored), progress=Progress(),
     )
     _summary(result)
@@ -130,6 +131,8 @@ def _summary(result: Result) -> None:
     for candidate in result.plan.values():
         counts[str(candidate)] = counts.get(str(candidate), 0) + 1
     click.echo(f"relative BOPs     {point.bops_rel:.4f}")
+    if point.latency_ms is not None:
+        click.echo(f"latency           {point.latency_ms:.4f} ms")
     if point.predicted_sqnr_db == point.predicted_sqnr_db:
         click.echo(f"predicted SQNR    {point.predicted_sqnr_db:.2f} dB")
     if point.measured_sqnr_db is not None:

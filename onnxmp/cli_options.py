@@ -17,6 +17,7 @@ import click
 from onnxmp import evaluate
 from onnxmp.calib_data import Preprocess
 from onnxmp.hw_profile import WeightRounding
+from onnxmp.latency_spec import CostAxis
 from onnxmp.records import ExecutorKind, RangeMethod, SearchMethod, Strategy
 from onnxmp.run_records import Settings
 
@@ -64,6 +65,10 @@ def run_options(command):
         click.option("--target-bops", type=click.FloatRange(min=0, min_open=True), help="Relative BOPs budget (W8A16 = 1)."),
         click.option("--min-sqnr", type=float, help="Cheapest point whose measured output SQNR (dB) is at least this."),
         click.option("--max-drop", type=click.FloatRange(min=0), help="Cheapest point within this many accuracy points of float."),
+        click.option("--target-latency", type=click.FloatRange(min=0, min_open=True), help="Batch-1 latency budget in ms (the profile's latency model)."),
+        click.option("--cost", type=click.Choice([c.value for c in CostAxis]), default="bops", show_default=True,
+                     help="The curve's cost axis for --min-sqnr/--max-drop (latency: the profile's model)."),
+        click.option("--amed-samples", type=click.IntRange(min=1), default=2000, show_default=True, help="Samples of --strategy amed."),
         click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), help="Labelled .npz for top-1 (--max-drop)."),
         click.option("--eval", "eval_fn", help="module:function scoring an onnx.ModelProto (--max-drop)."),
         click.option("--range-method", type=click.Choice([m.value for m in RangeMethod]), default="mse", show_default=True),
@@ -109,6 +114,9 @@ class RunOptions:
     target_bops: float | None
     min_sqnr: float | None
     max_drop: float | None
+    target_latency: float | None
+    cost: str
+    amed_samples: int
     eval_data: str | None
     eval_fn: str | None
     range_method: str
@@ -137,6 +145,7 @@ class RunOptions:
             require_stored=require_stored, verify=self.debug, strict=self.strict, qem=self.qem, lam=self.lam,
             per_network=self.adaqat_mode == "network", measured_loss=self.adaqat_loss == "measured",
             weight_rounding=WeightRounding(self.weight_rounding) if self.weight_rounding else None,
+            cost=CostAxis(self.cost), amed_samples=self.amed_samples,
         )
 
     def evaluator(self) -> evaluate.Evaluate | None:

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 from onnxmp.errors import ProfileError
 
 
+class CostAxis(enum.Enum):
+    """What a curve trades noise against: BOPs, or the profile's latency model."""
+
+    BOPS = "bops"
+    LATENCY = "latency"
+
+
 class Dataflow(enum.Enum):
     """What stays in a processing element of the systolic array while the rest streams."""
 

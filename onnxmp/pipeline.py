@@ -20,6 +20,7 @@ from onnxmp.emit import emit
 from onnxmp.errors import BudgetError, ModelError
 from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
+from onnxmp.latency_spec import CostAxis
 from onnxmp.phase1.executors import executor_for
 from onnxmp.phase1.jobs import Phase1Result
 from onnxmp.phase1.sensitivity import STORE_KIND, Phase1Context, Progress, sensitivity
@@ -38,7 +39,9 @@ from onnxmp.search import (
     SearchSpace,
     StrategyOptions,
     mixquant,
+    select_best,
     select_by_bops,
+    select_by_latency,
     select_by_target,
 )
 from onnxmp.steps import (
@@ -46,6 +49,7 @@ from onnxmp.steps import (
     adaround_key,
     calibrate_ranges,
     homogeneous,
+    latency_of,
     measured_sqnr,
     prepare,
     simulate,
@@ -74,7 +78,8 @@ def search_point(
     timings["phase1_s"] = time.perf_counter() - start
     start = time.perf_counter()
     options = StrategyOptions(
-        budget.target_bops, settings.qem, settings.lam, settings.per_network, settings.measured_loss, settings.seed
+        budget.target_bops, settings.qem, settings.lam, settings.per_network, settings.measured_loss, settings.seed,
+        budget.target_latency_ms, settings.cost is CostAxis.LATENCY, settings.amed_samples,
     )
     curve = STRATEGIES[settings.strategy](_space(calibrated, settings, store, table), options)
     timings["phase2_s"] = time.perf_counter() - start
@@ -94,7 +99,7 @@ def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, prog
     """The phase-1 table; None for a strategy that needs none (MixQuant, measured AdaQAT) when
     the store does not already hold it (when it does, reading it back costs nothing)."""
     prepared = calibrated.prepared
-    needed = settings.strategy is Strategy.GREEDY or (settings.strategy is Strategy.ADAQAT and not settings.measured_loss)
+    needed = settings.strategy in (Strategy.GREEDY, Strategy.AMED) or (settings.strategy is Strategy.ADAQAT and not settings.measured_loss)
     missing = _missing_phase1(prepared.analysis, store)
     if missing and not needed:
         return None
@@ -118,7 +123,8 @@ def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table
         errors = mixquant.quantization_errors(groups, weights, calibrated.encodings)
     sqnr_of = curves.stored_measure(store, lambda plan: measured_sqnr(calibrated, plan, settings.batch_size))
     return SearchSpace(
-        groups, prepared.group_bops, prepared.reference_bops, table, errors, lambda plan: noise_ratio(sqnr_of(plan))
+        groups, prepared.group_bops, prepared.reference_bops, table, errors, lambda plan: noise_ratio(sqnr_of(plan)),
+        latency_of(calibrated, store),
     )
 
 
@@ -149,6 +155,10 @@ def _select(
 
     if budget.target_bops is not None:
         selection = select_by_bops(curve, budget.target_bops)
+    elif budget.target_latency_ms is not None and settings.strategy is Strategy.AMED:
+        selection = select_best(curve, sqnr_at)  # AMED's best samples, all within the budget
+    elif budget.target_latency_ms is not None:
+        selection = select_by_latency(curve, budget.target_latency_ms)
     elif budget.min_sqnr_db is not None:
         selection = select_by_target(curve, sqnr_at, budget.min_sqnr_db, method=settings.search, what="SQNR (dB)")
     elif budget.max_drop is None:  # --qem / --lam: the strategy's one point
@@ -208,6 +218,7 @@ def quantize(
     target_bops: float | None = None,
     min_sqnr_db: float | None = None,
     max_drop: float | None = None,
+    target_latency_ms: float | None = None,
     evaluate: Evaluate | None = None,
     settings: Settings = Settings(),
     progress: Progress | None = None,
@@ -220,14 +231,15 @@ def quantize(
     The public entry point (`onnxmp.quantize`): convenient keyword arguments, turned into
     records here. Exactly one budget: `bits` (homogeneous, e.g. "W8A8"), `target_bops`
     (relative to W8A16 everywhere), `min_sqnr_db` (measured output SQNR on the calibration
-    data), or `max_drop` (points of `evaluate(model)` below the float model's score).
+    data), `max_drop` (points of `evaluate(model)` below the float model's score), or
+    `target_latency_ms` (batch-1 latency from the profile's latency model).
     `encodings_version`, `require_stored` and `verify`, when given, override those fields
     of `settings`.
 
     Raises:
         OnnxmpError: bad model, profile, calibration data or budget (one-line message).
     """
-    budget = Budget(_parse_bits(bits) if isinstance(bits, str) else bits, target_bops, min_sqnr_db, max_drop)
+    budget = Budget(_parse_bits(bits) if isinstance(bits, str) else bits, target_bops, min_sqnr_db, max_drop, target_latency_ms)
     overrides = {"encodings_version": encodings_version, "require_stored": require_stored, "verify": verify}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     budget.check(evaluate is not None, fixed_point=settings.fixes_point)

@@ -34,6 +34,8 @@ class SelectionMethod(enum.Enum):
 
     BOPS = "bops"
     FIXED = "fixed"  # the strategy's knob (--qem, --lam) made a one-point curve
+    LATENCY = "latency"  # a latency budget on the curve
+    MEASURED_BEST = "measured_best"  # the best measured of a strategy's few points (AMED)
     SEQUENTIAL = "sequential"
     BINARY = "binary"
     HYBRID = "hybrid"
@@ -48,6 +50,7 @@ class Strategy(enum.Enum):
     GREEDY = "greedy"
     MIXQUANT = "mixquant"
     ADAQAT = "adaqat"
+    AMED = "amed"  # Metropolis-Hastings over bit allocations under a latency budget (search.amed)
 
 
 class ExecutorKind(enum.Enum):

@@ -48,6 +48,7 @@ def plan_json(prepared: Prepared, plan: Plan, point: ParetoPoint) -> dict:
         "deployed_sqnr_db": _number(point.deployed_sqnr_db),
         "onnxruntime": versions.versions()["onnxruntime"],
         "accuracy": _number(point.accuracy),
+        "latency_ms": _number(point.latency_ms),
         "groups": groups,
         "float_ops": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in prepared.analysis.skipped],
     }
@@ -65,7 +66,7 @@ def pareto_csv(curves: Mapping[str, ParetoCurve]) -> str:
     `index` counts within a curve, `moved_group`/`to` name the first group that changed."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "bops_rel", "predicted_sqnr_db", "measured_sqnr_db", "accuracy", "moved_group", "to", "strategy"])
+    writer.writerow(["index", "bops_rel", "predicted_sqnr_db", "measured_sqnr_db", "accuracy", "moved_group", "to", "strategy", "latency_ms"])
     for label, curve in curves.items():
         previous = None
         for i, point in enumerate(curve):
@@ -73,6 +74,7 @@ def pareto_csv(curves: Mapping[str, ParetoCurve]) -> str:
             writer.writerow([
                 i, f"{point.bops_rel:.6f}", _csv(point.predicted_sqnr_db), _csv(point.measured_sqnr_db),
                 _csv(point.accuracy), moved[0] if moved else "", str(point.plan[moved[0]]) if moved else "", label,
+                _csv(point.latency_ms),
             ])
             previous = point.plan
     return buffer.getvalue()
@@ -93,6 +95,8 @@ def report_md(prepared: Prepared, decision: Decision) -> str:
         f"- predicted SQNR: {_csv(point.predicted_sqnr_db)} dB, measured: {_csv(point.measured_sqnr_db)} dB",
         f"- deployed SQNR: {deployed_note(point)}",
     ]
+    if point.latency_ms is not None:
+        lines.append(f"- latency ({prepared.profile.name} latency model, batch 1): {point.latency_ms:.4f} ms")
     if selection is not None:
         lines.append(f"- selection: {selection.method}, curve index {selection.index}, {selection.evaluations} evaluations")
     lines += [f"- {name}: {value:.3f}" for name, value in decision.timings.items()]

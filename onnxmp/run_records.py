@@ -20,6 +20,7 @@ from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import BudgetError
 from onnxmp.graph import DataflowGraph
 from onnxmp.hw_profile import HwProfile, WeightRounding
+from onnxmp.latency_spec import CostAxis
 from onnxmp.records import (
     Candidate,
     ExecutorKind,
@@ -70,6 +71,8 @@ class Settings:
     lam: float | None = None
     per_network: bool = False
     measured_loss: bool = False
+    cost: CostAxis = CostAxis.BOPS  # the curve's cost axis for min_sqnr / max_drop (latency: the profile's model)
+    amed_samples: int = 2000
 
     @property
     def fixes_point(self) -> bool:
@@ -90,20 +93,23 @@ class Settings:
 
 @dataclass(frozen=True)
 class Budget:
-    """Exactly one of: fixed `bits`, `target_bops`, `min_sqnr_db`, or `max_drop` (needs evaluate)."""
+    """Exactly one of: fixed `bits`, `target_bops`, `min_sqnr_db`, `max_drop` (needs evaluate),
+    or `target_latency_ms` (needs a profile with a latency model)."""
 
     bits: Candidate | None = None
     target_bops: float | None = None
     min_sqnr_db: float | None = None
     max_drop: float | None = None
+    target_latency_ms: float | None = None
 
     def check(self, has_evaluate: bool, *, fixed_point: bool = False) -> None:
         """Raise BudgetError unless exactly one budget is given (and max_drop has an evaluation);
         with `fixed_point` (--qem, --lam) the budget may be absent."""
-        chosen = [v for v in (self.bits, self.target_bops, self.min_sqnr_db, self.max_drop) if v is not None]
+        chosen = [v for v in (self.bits, self.target_bops, self.min_sqnr_db, self.max_drop, self.target_latency_ms) if v is not None]
         if len(chosen) != 1 and not (fixed_point and not chosen):
-            raise BudgetError("give exactly one budget: bits, target_bops, min_sqnr_db or max_drop")
-        numbers = {"target BOPs": self.target_bops, "minimum SQNR": self.min_sqnr_db, "maximum drop": self.max_drop}
+            raise BudgetError("give exactly one budget: bits, target_bops, min_sqnr_db, max_drop or target_latency_ms")
+        numbers = {"target BOPs": self.target_bops, "minimum SQNR": self.min_sqnr_db, "maximum drop": self.max_drop,
+                   "target latency": self.target_latency_ms}
         for name, value in numbers.items():
             if value is not None and value != value:  # NaN compares unequal to itself
                 raise BudgetError(f"{name} nan is not a number")

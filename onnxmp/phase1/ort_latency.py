@@ -30,11 +30,12 @@ import onnx
 from onnx import helper
 
 from onnxmp import bops, runtime
-from onnxmp.float_candidate import float_of, is_float
+from onnxmp.float_candidate import FLOAT, FLOAT_ACTIVATION, float_of, is_float
 from onnxmp.graph import DataflowGraph
 from onnxmp.latency_spec import OrtSpec
 from onnxmp.passes.extract_subgraph import frontier, subgraph
-from onnxmp.records import Candidate, Plan, QuantizerGroup
+from onnxmp.passes.insert_qdq import insert_qdq
+from onnxmp.records import Candidate, GroupAnalysis, Plan, QuantizerGroup, TensorEncoding
 
 _FUSED = frozenset({"Relu", "Clip"})
 
@@ -125,3 +126,31 @@ def estimate_error(estimate_ms: float, measured_ms: float) -> float:
     10.0
     """
     return 100 * (estimate_ms - measured_ms) / measured_ms
+
+
+def measure_groups(
+    model: onnx.ModelProto,
+    analysis: GroupAnalysis,
+    encodings: Mapping[tuple[str, int], TensorEncoding],
+    spec: OrtSpec,
+    *,
+    sample_shapes: Mapping[str, tuple[int, ...]],
+    quantize_bias: bool = False,
+) -> OrtLatency:
+    """Rules 1-2 for every group at float and at each candidate the groups have."""
+    kernels = sorted({c for g in analysis.groups for c in g.candidates if c.w_bits is not None}, key=str)
+    times: dict[tuple[str, Candidate], float] = {}
+    for kernel in (None, *kernels):
+        if kernel is None:
+            timing_model = model
+        else:
+            plan = Plan({g.id: kernel if g.weights else Candidate(None, kernel.a_bits) for g in analysis.groups})
+            timing_model = insert_qdq(model, analysis=analysis, plan=plan, encodings=encodings, quantize_bias=quantize_bias)
+        for group_id, ms in group_times(timing_model, sample_shapes, analysis.groups, spec).items():
+            weighted = bool(analysis.group(group_id).weights)
+            if kernel is None:
+                times[(group_id, FLOAT if weighted else FLOAT_ACTIVATION)] = ms
+            else:
+                times.setdefault((group_id, kernel if weighted else Candidate(None, kernel.a_bits)), ms)
+    feeds = {name: np.zeros(shape, np.float32) for name, shape in sample_shapes.items()}
+    return OrtLatency(times, median_ms(model, feeds, spec))

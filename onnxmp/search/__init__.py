@@ -13,14 +13,15 @@ sweep, AdaQAT's lambda descent), so the selection works on any strategy's curve.
 from __future__ import annotations
 
 from onnxmp.records import SearchMethod, Strategy
-from onnxmp.search import adaqat, greedy, mixquant
-from onnxmp.search.select import select_by_bops, select_by_target
+from onnxmp.search import adaqat, amed, greedy, mixquant
+from onnxmp.search.select import select_best, select_by_bops, select_by_latency, select_by_target
 from onnxmp.search.space import QuantErrorTable, SearchSpace, StrategyFunction, StrategyOptions
 
 STRATEGIES: dict[Strategy, StrategyFunction] = {
     Strategy.GREEDY: greedy.search,
     Strategy.MIXQUANT: mixquant.pareto_curve,
     Strategy.ADAQAT: adaqat.pareto_curve,
+    Strategy.AMED: amed.strategy,
 }
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "SearchSpace",
     "Strategy",
     "StrategyOptions",
+    "select_best",
     "select_by_bops",
+    "select_by_latency",
     "select_by_target",
 ]

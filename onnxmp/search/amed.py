@@ -26,6 +26,7 @@ Rule cases (one sample t, state b_t, EMA of the objective J_bar):
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,15 +34,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from onnxmp.errors import BudgetError
 from onnxmp.records import (
     Candidate,
+    ParetoCurve,
     ParetoPoint,
     Plan,
     QuantizerGroup,
     SensitivityTable,
     noise_ratio,
 )
+from onnxmp.search.space import SearchSpace, StrategyOptions
 
+logger = logging.getLogger(__name__)
 MASK_PENALTY = 1000.0
 _NOISE_FLOOR = 1e-12  # a plan with zero predicted noise: log10 stays finite
 
@@ -175,3 +180,16 @@ def pick_measured(points: Sequence[ParetoPoint], measure: Callable[[Plan], float
     """The point whose measured quality (higher is better) is highest, and every measurement."""
     scores = [float(measure(p.plan)) for p in points]
     return points[int(np.argmax(scores))], scores
+
+
+def strategy(space: SearchSpace, options: StrategyOptions) -> ParetoCurve:
+    """The strategy interface: AMED's best samples within `options.target_latency_ms`, best
+    (lowest objective) first; the selection measures them and keeps the best measured."""
+    if space.table is None or space.latency is None or options.target_latency_ms is None:
+        raise BudgetError("strategy amed needs a latency budget (--target-latency) and a profile with a latency model")
+    settings = AmedSettings(samples=options.samples, seed=options.seed, budget_ms=options.target_latency_ms)
+    result = amed_search(space.table, space.groups, space.group_bops, space.reference_bops, space.latency, settings)
+    if not result.best:
+        raise BudgetError(f"AMED found no allocation within {options.target_latency_ms:g} ms in {result.samples} samples")
+    logger.info("amed: %d samples, acceptance rate %.3f, %.1f s", result.samples, result.acceptance_rate, result.seconds)
+    return result.best

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from onnxmp.errors import BudgetError
 from onnxmp.records import (
     Candidate,
     ParetoCurve,
@@ -28,6 +29,7 @@ from onnxmp.records import (
     SensitivityTable,
     noise_ratio,
 )
+from onnxmp.search.latency_greedy import latency_curve, with_latency
 from onnxmp.search.space import SearchSpace, StrategyOptions
 
 
@@ -60,7 +62,12 @@ def search(space: SearchSpace, options: StrategyOptions) -> ParetoCurve:
     """The strategy interface: greedy reads only the phase-1 table of the search space."""
     if space.table is None:
         raise ValueError("greedy needs the phase-1 table (SearchSpace.table)")
-    return pareto_curve(space.table, space.groups, space.group_bops, space.reference_bops)
+    if options.by_latency or options.target_latency_ms is not None:  # moves priced in ms
+        if space.latency is None:
+            raise BudgetError("a latency budget or cost axis needs a profile with a latency model (a `latency:` section)")
+        return latency_curve(space.table, space.groups, space.group_bops, space.reference_bops, space.latency)
+    curve = pareto_curve(space.table, space.groups, space.group_bops, space.reference_bops)
+    return curve if space.latency is None else with_latency(curve, space.latency)
 
 
 def _point(plan: Plan, total_bops: int, reference_bops: int, table: SensitivityTable) -> ParetoPoint:

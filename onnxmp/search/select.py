@@ -51,7 +51,14 @@ def select_by_latency(curve: ParetoCurve, target_ms: float) -> Selection:
     if not fitting:
         fastest = min(p.latency_ms for p in curve if p.latency_ms is not None)
         raise BudgetError(f"target latency {target_ms:g} ms is below the fastest configuration ({fastest:.4g} ms)")
-    return Selection(curve[fitting[0]], fitting[0], evaluations=0, method="latency")
+    return Selection(curve[fitting[0]], fitting[0], evaluations=0, method=SelectionMethod.LATENCY)
+
+
+def select_best(curve: ParetoCurve, evaluate: Callable[[int], float]) -> Selection:
+    """The point with the highest evaluated quality, every point evaluated (AMED's best samples)."""
+    scores = [float(evaluate(i)) for i in range(len(curve))]
+    index = scores.index(max(scores))
+    return Selection(curve[index], index, evaluations=len(curve), method=SelectionMethod.MEASURED_BEST)
 
 
 def select_by_target(

@@ -53,6 +53,7 @@ class SearchSpace:
     table: SensitivityTable | None = None
     quant_errors: QuantErrorTable | None = None
     measure: Callable[[Plan], float] | None = None
+    latency: Callable[[Plan], float] | None = None  # the profile's latency model (ms), if any
 
     def relative_bops(self, plan: Mapping[str, Candidate]) -> float:
         if not self.reference_bops:
@@ -86,6 +87,9 @@ class StrategyOptions:
     per_network: bool = False
     measured: bool = False
     seed: int = 0
+    target_latency_ms: float | None = None  # AMED's budget; greedy prices moves in ms when set
+    by_latency: bool = False  # greedy prices moves in ms (the latency cost axis)
+    samples: int = 2000  # AMED's chain length
 
 
 StrategyFunction = Callable[[SearchSpace, StrategyOptions], ParetoCurve]
