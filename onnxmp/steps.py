@@ -19,13 +19,7 @@ import onnx
 from onnxmp import bops, calib_data, graph, model_io
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import CalibrationError, ModelError, OnnxmpError, PassError, first_line
-<<<<<<< HEAD
 from onnxmp.hw_profile import HwProfile, WeightRounding
-=======
-from onnxmp.hw_profile import HwProfile
-from onnxmp.latency import SystolicLatency, layers_of
-from onnxmp.latency_spec import SystolicSpec
->>>>>>> 72be444 (Latency in the pipeline and CLI: --target-latency (greedy priced in ms), --cost latency for --min-sqnr/--max-drop, --strategy amed with --amed-samples/--seed (best samples measured by true SQNR), latency in pareto.csv, plan.json, report.md and the CLI summary; steps.latency_of builds the profile's model (systolic from the store, ort measured); terminal progress moved to onnxmp/progress.py)
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.check_canonical import check_canonical
@@ -34,14 +28,9 @@ from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.passes.round_weights import RoundingOptions, round_weights
 from onnxmp.phase1.measure import measure, reference_outputs
-from onnxmp.phase1.ort_latency import measure_groups
 from onnxmp.records import Candidate, GroupAnalysis, ParetoPoint, Plan, SensitivityTable
 from onnxmp.run_records import Calibrated, Decision, Prepared, Settings, homogeneous_plan
-<<<<<<< HEAD
 from onnxmp.store import ResultStore, run_key
-=======
-from onnxmp.store import ResultStore
->>>>>>> 72be444 (Latency in the pipeline and CLI: --target-latency (greedy priced in ms), --cost latency for --min-sqnr/--max-drop, --strategy amed with --amed-samples/--seed (best samples measured by true SQNR), latency in pareto.csv, plan.json, report.md and the CLI summary; steps.latency_of builds the profile's model (systolic from the store, ort measured); terminal progress moved to onnxmp/progress.py)
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +184,6 @@ def homogeneous(calibrated: Calibrated, bits: Candidate, settings: Settings) -> 
     return Decision(plan, point, (point,), timings=dict(calibrated.timings))
 
 
-<<<<<<< HEAD
 ADAROUND_STORE = "adaround.jsonl"
 ADAROUND = RoundingOptions()  # the measured defaults (README "AdaRound")
 
@@ -255,27 +243,3 @@ def width_plan(prepared: Prepared, w_bits: int) -> Plan:
         same = [c for c in group.candidates if c.w_bits == w_bits or (c.w_bits is None and c.a_bits == paired)]
         choices[group.id] = same[0] if same else group.highest
     return Plan(choices)
-=======
-Latency = Callable[[Plan], float]
-
-
-def latency_of(calibrated: Calibrated, store: ResultStore | None = None) -> Latency | None:
-    """The profile's latency model as `plan -> milliseconds` at batch 1 (None without one).
-
-    `systolic` costs each (layer, operand widths) once, kept in `store`; `ort` times every
-    group's subgraph at every candidate now, on this machine (onnxmp.phase1.ort_latency).
-    """
-    prepared = calibrated.prepared
-    spec = prepared.profile.latency
-    if spec is None:
-        return None
-    shapes = {name: (1, *array.shape[1:]) for name, array in calibrated.calib.arrays.items()}
-    if isinstance(spec, SystolicSpec):
-        layers = layers_of(bops.concrete_graph(prepared.model, shapes), prepared.analysis)
-        return SystolicLatency(layers, spec, store=store).latency_ms
-    measured = measure_groups(
-        prepared.model, prepared.analysis, calibrated.encodings, spec,
-        sample_shapes=shapes, quantize_bias=prepared.profile.quantize_bias,
-    )
-    return measured.latency_ms
->>>>>>> 72be444 (Latency in the pipeline and CLI: --target-latency (greedy priced in ms), --cost latency for --min-sqnr/--max-drop, --strategy amed with --amed-samples/--seed (best samples measured by true SQNR), latency in pareto.csv, plan.json, report.md and the CLI summary; steps.latency_of builds the profile's model (systolic from the store, ort measured); terminal progress moved to onnxmp/progress.py)
