@@ -34,8 +34,6 @@ import imagenet  # noqa: E402
 
 from onnxmp import bops, pipeline, steps  # noqa: E402
 from onnxmp.float_candidate import (  # noqa: E402
-    FLOAT,
-    FLOAT_ACTIVATION,
     quantized_part,
     table_with_float,
     with_float,
@@ -44,7 +42,7 @@ from onnxmp.inputs import load_inputs  # noqa: E402
 from onnxmp.latency import SystolicLatency, layers_of  # noqa: E402
 from onnxmp.latency_spec import OrtSpec  # noqa: E402
 from onnxmp.passes.insert_qdq import insert_qdq  # noqa: E402
-from onnxmp.phase1.ort_latency import OrtLatency, estimate_error, group_times, median_ms  # noqa: E402
+from onnxmp.phase1.ort_latency import estimate_error, measure_groups, median_ms  # noqa: E402
 from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
 from onnxmp.records import Candidate, Plan  # noqa: E402
 from onnxmp.run_records import Settings, homogeneous_plan  # noqa: E402
@@ -103,17 +101,11 @@ def ort_part(model, calib, val, fp32: float) -> None:
     group_bops = bops.group_bops(run.prepared.graph, with_float(analysis), run.prepared.macs)
     shapes = {name: (1, *a.shape[1:]) for name, a in run.calib.arrays.items()}
     start = time.perf_counter()
-    times = {}
-    for kernel in (None, W8A16, W8A8):
-        timing_model = run.prepared.model if kernel is None else run.model_of(run.homogeneous(kernel), deploy=True)
-        for group_id, ms in group_times(timing_model, shapes, analysis.groups, spec).items():
-            candidate = kernel or FLOAT
-            if not analysis.group(group_id).weights:
-                candidate = FLOAT_ACTIVATION if kernel is None else Candidate(None, kernel.a_bits)
-            times[(group_id, candidate)] = ms
+    latency = measure_groups(run.prepared.model, analysis, run.encodings, spec, sample_shapes=shapes,
+                             quantize_bias=run.profile.quantize_bias)
     one = {k: v[:1] for k, v in run.calib.arrays.items()}
-    latency = OrtLatency(times, median_ms(run.prepared.model, one, spec))
-    print(f"[ort-cpu] {len(times)} subgraph timings in {time.perf_counter() - start:.0f} s; float model {latency.float_model_ms:.2f} ms", flush=True)
+    print(f"[ort-cpu] {len(latency.group_ms)} subgraph timings in {time.perf_counter() - start:.0f} s; "
+          f"float model {latency.float_model_ms:.2f} ms", flush=True)
     curve = latency_curve(table, groups, group_bops, run.prepared.reference_bops, latency.latency_ms)
     selection = select_by_target(curve, lambda i: run.top1(curve[i].plan), fp32 - 1.0, what="top-1")
     chosen = selection.point
