@@ -91,3 +91,22 @@ def test_layer_results_are_kept_in_the_store_and_read_back(tmp_path):
     again = SystolicLatency((layer,), spec(bandwidth=0.5), store=store, cycles_of=never)
     assert again.latency_ms(plan) == first == pytest.approx(1024 / 1e6)
     assert len(list(store.entries("systolic_layer"))) == 1
+
+
+@pytest.mark.shared
+def test_efficientnet_lite0_on_the_amed_accelerator(shared_dir):
+    from onnxmp import model_io, steps
+    from onnxmp.run_records import homogeneous_plan
+
+    profile = hw_profile.load_profile("systolic-amed")
+    model = model_io.load(shared_dir / "models" / "efficientnet_lite0.onnx")
+    prepared = steps.prepare(model, profile, None)
+    graph = bops.concrete_graph(prepared.model, {"input": (1, 3, 224, 224)})
+    layers = layers_of(graph, prepared.analysis)
+    assert len(layers) == 50  # every Conv and the classifier Gemm
+    latency = SystolicLatency(layers, profile.latency)
+    times = [latency.latency_ms(homogeneous_plan(prepared.analysis, k, profile)) for k in profile.kernels]
+    # W8A16, W8A8, W4A8, W4A4: narrower operands never slow a layer down, and halving the
+    # activations (A16 -> A8) saves more than halving the weights (W8 -> W4) on this network
+    assert times == sorted(times, reverse=True)
+    assert times[0] - times[1] > times[1] - times[2] > 0
