@@ -60,8 +60,8 @@ class AmedSettings:
     samples: int = 2000
     seed: int = 0
     lam: float = 1.0  # lambda: weight of relative latency against log10 noise
-    beta: float = 0.01  # EMA weight of the newest objective (eq. 7; the paper's best, Table 4)
-    temperature: float = 0.1
+    beta: float = 0.5  # EMA weight of the newest objective (eq. 7); README says why not 0.01
+    temperature: float = 0.01
     move_probability: float = 0.04
     budget_ms: float | None = None
     keep: int = 5
