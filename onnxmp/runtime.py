@@ -95,20 +95,37 @@ def session(
         InternalError: ONNX Runtime cannot load the model: onnxmp built it, so that is
             onnxmp's bug (exit 3); the user's own model goes through `user_session`.
     """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = Optimization(optimization).ort_level
-    options.intra_op_num_threads = threads or default_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    disabled = []
-    if simulate:
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-        disabled = list(SIMULATION_DISABLED_OPTIMIZERS)
+    options, disabled = _options(Optimization(optimization), threads, simulate)
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
     if shared_arena:
         _use_shared_arena(options)
+    return _open(model, options, disabled, limits)
+
+
+def profiled_session(model: onnx.ModelProto, *, threads: int | None, prefix: str) -> Session:
+    """A deployment session (every optimization, QDQ fusions on) that records ORT's per-node
+    profile; `session.ort.end_profiling()` writes it under `prefix` and returns the path."""
+    options, disabled = _options(Optimization.ALL, threads, simulate=False)
+    options.enable_profiling = True
+    options.profile_file_prefix = prefix
+    return _open(model, options, disabled, None)
+
+
+def _options(optimization: Optimization, threads: int | None, simulate: bool) -> tuple[ort.SessionOptions, list[str]]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = optimization.ort_level
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if not simulate:
+        return options, []
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return options, list(SIMULATION_DISABLED_OPTIMIZERS)
+
+
+def _open(model, options: ort.SessionOptions, disabled: list[str], limits) -> Session:
     payload, weights = _payload(model, options, limits)
     try:
         sess = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)

@@ -12,18 +12,25 @@ Rule cases:
    QuantizeLinear of its output. ORT then fuses it as it would inside a homogeneous model.
 2. A group's latency is the median over `runs` timed runs (after `warmups`) of its
    subgraph at batch 1, on random inputs of the subgraph's dtypes.
-3. The estimate of a plan is the measured float model plus, per group, its subgraph time
-   at its candidate minus at float: per-run overheads cancel in the differences. What it
-   misses (conversions where a float group meets a quantized one, fusions across groups)
-   is what `estimate_error` reports against a whole-model measurement.
+3. The estimate of a plan is the measured float model plus, per group, its time at its
+   candidate minus at float: per-run overheads cancel in the differences. What it misses
+   (conversions where a float group meets a quantized one, fusions across groups) is what
+   `estimate_error` reports against a whole-model measurement.
+4. `GroupTiming.IN_CONTEXT` (the default of `measure_groups`) replaces rule 2 by the
+   group's share of ORT's per-node profile of the whole timing model of rule 1: a subgraph
+   timed alone pays layout conversions at its borders that a model pays once.
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import statistics
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,7 +38,7 @@ from onnx import helper
 
 from onnxmp import bops, runtime
 from onnxmp.float_candidate import FLOAT, FLOAT_ACTIVATION, float_of, is_float
-from onnxmp.graph import DataflowGraph
+from onnxmp.graph import DataflowGraph, build
 from onnxmp.latency_spec import OrtSpec
 from onnxmp.passes.extract_subgraph import frontier, subgraph
 from onnxmp.passes.insert_qdq import insert_qdq
@@ -128,6 +135,13 @@ def estimate_error(estimate_ms: float, measured_ms: float) -> float:
     return 100 * (estimate_ms - measured_ms) / measured_ms
 
 
+class GroupTiming(enum.Enum):
+    """How a group's time at a candidate is measured."""
+
+    SUBGRAPH = "subgraph"  # its subgraph alone (rules 1-2)
+    IN_CONTEXT = "in_context"  # its nodes' share of the whole model's ORT profile (`in_context`)
+
+
 def measure_groups(
     model: onnx.ModelProto,
     analysis: GroupAnalysis,
@@ -136,9 +150,11 @@ def measure_groups(
     *,
     sample_shapes: Mapping[str, tuple[int, ...]],
     quantize_bias: bool = False,
+    how: GroupTiming = GroupTiming.IN_CONTEXT,
 ) -> OrtLatency:
-    """Rules 1-2 for every group at float and at each candidate the groups have."""
+    """Every group at float and at each candidate the groups have, and the float model."""
     kernels = sorted({c for g in analysis.groups for c in g.candidates if c.w_bits is not None}, key=str)
+    feeds = {name: np.zeros(shape, np.float32) for name, shape in sample_shapes.items()}
     times: dict[tuple[str, Candidate], float] = {}
     for kernel in (None, *kernels):
         if kernel is None:
@@ -146,11 +162,68 @@ def measure_groups(
         else:
             plan = Plan({g.id: kernel if g.weights else Candidate(None, kernel.a_bits) for g in analysis.groups})
             timing_model = insert_qdq(model, analysis=analysis, plan=plan, encodings=encodings, quantize_bias=quantize_bias)
-        for group_id, ms in group_times(timing_model, sample_shapes, analysis.groups, spec).items():
+        if how is GroupTiming.SUBGRAPH:
+            shares = group_times(timing_model, sample_shapes, analysis.groups, spec)
+        else:
+            shares = in_context(node_times(timing_model, feeds, spec), analysis, build(model))
+        for group_id, ms in shares.items():
             weighted = bool(analysis.group(group_id).weights)
             if kernel is None:
                 times[(group_id, FLOAT if weighted else FLOAT_ACTIVATION)] = ms
             else:
                 times.setdefault((group_id, kernel if weighted else Candidate(None, kernel.a_bits)), ms)
-    feeds = {name: np.zeros(shape, np.float32) for name, shape in sample_shapes.items()}
     return OrtLatency(times, median_ms(model, feeds, spec))
+
+
+def node_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec) -> dict[str, float]:
+    """Median kernel time (ms) of every node ORT runs, from its profiler, by node name.
+
+    ORT names a fused node after the node it replaced (`conv_token_3` for a QLinearConv made
+    from `conv`), so the names lead back to the model's nodes; layout nodes it inserted
+    (Transpose, reorders) keep names of their own.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        session = runtime.profiled_session(model, threads=spec.threads, prefix=str(Path(folder) / "p"))
+        for _ in range(spec.warmups + spec.runs):
+            session.run(None, dict(feeds))
+        events = json.loads(Path(session.ort.end_profiling()).read_text())
+    durations: dict[str, list[float]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            durations.setdefault(name[: -len("_kernel_time")], []).append(event["dur"] / 1000)
+    return {name: statistics.median(values[spec.warmups:] or values) for name, values in durations.items()}
+
+
+def in_context(times: Mapping[str, float], analysis: GroupAnalysis, graph: DataflowGraph) -> dict[str, float]:
+    """Each group's share of a whole-model profile: its ops and what ORT fused into them (named
+    after an op or after its output tensor, as NCHWc convolutions are), its fused Relu/Clip,
+    and the Q/DQ nodes of its weights and activations; layout nodes ORT inserted are nobody's.
+
+    Why: a group's subgraph timed alone pays layout conversions at its borders (ORT runs
+    int8 convolutions in NHWC and float ones in NCHWc) that inside a model of its own
+    precision are paid once; attributing profiled nodes measures the group where it runs.
+    """
+    owner = {}
+    for group in analysis.groups:
+        for op in group.ops:
+            owner[op] = group.id
+            tensor = graph.nodes[op].output[0]
+            owner[tensor] = group.id
+            while len(consumers := graph.consumers(tensor)) == 1 and consumers[0].op_type in _FUSED:
+                tensor = consumers[0].output[0]
+                owner.update({consumers[0].name: group.id, tensor: group.id})
+        for t in (*group.weights, *group.activations):
+            owner.update({f"{t}_QuantizeLinear": group.id, f"{t}_DequantizeLinear": group.id})
+    shares = dict.fromkeys((g.id for g in analysis.groups), 0.0)
+    for name, ms in times.items():
+        group = owner.get(_original_name(name))
+        if group is not None:
+            shares[group] += ms
+    return shares
+
+
+def _original_name(name: str) -> str:
+    """`conv_token_3`, `r1_nchwc`, `r1_DequantizeLinear/duplicated` -> conv, r1, r1_DequantizeLinear."""
+    name = name.split("/duplicated")[0].split("_token_")[0]
+    return name[: -len("_nchwc")] if name.endswith("_nchwc") else name

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import onnx
+import pytest
 
 from onnxmp import bops, hw_profile
 from onnxmp.calib_data import CalibrationSet
@@ -24,6 +25,8 @@ from onnxmp.phase1.ort_latency import (
     OrtLatency,
     group_subgraph,
     group_times,
+    in_context,
+    measure_groups,
     median_ms,
     random_feeds,
 )
@@ -80,3 +83,24 @@ def test_float_candidate_helpers():
     table = table_with_float(SensitivityTable({("conv1", W8A8): 30.0}), analysis)
     assert table.of("conv1", FLOAT) == math.inf and table.of("conv1", W8A8) == 30.0
     assert quantized_part(Plan({"conv1": FLOAT, "conv2": W8A8, "add": FLOAT_ACTIVATION})) == Plan({"conv2": W8A8})
+
+
+def test_in_context_shares_by_hand():
+    canon, analysis, _ = _w8a8_residual()
+    # ORT names a fused node after the node it replaced (or, for NCHWc convolutions, after
+    # its output tensor: r1 is relu1's output, fused into conv1); layout nodes are nobody's.
+    profile = {"conv1_token_3": 1.0, "x_QuantizeLinear": 0.5, "Transpose": 2.0, "conv2": 0.7,
+               "add_token_9": 0.2, "w2_DequantizeLinear": 0.1, "r1_nchwc": 0.3, "ReorderOutput": 0.4,
+               "r1_DequantizeLinear/duplicated": 0.05}
+    assert in_context(profile, analysis, canon.graph) == pytest.approx({"conv1": 1.8, "conv2": 1.05})
+
+
+def test_measure_groups_in_context_covers_every_candidate():
+    canon, analysis, _ = _w8a8_residual()
+    spec = OrtSpec(threads=1, runs=3, warmups=1)
+    encodings = calibrate(canon.model, canon.graph, analysis, CalibrationSet(builders.feeds_for(canon.model, batch=4, seed=1)),
+                          profile=hw_profile.load_profile("npu"))
+    measured = measure_groups(canon.model, analysis, encodings, spec, sample_shapes={"x": (1, 4, 6, 6)})
+    kinds = {c for (_, c) in measured.group_ms}
+    assert kinds == {FLOAT, Candidate(8, 16), W8A8, Candidate(4, 8)}
+    assert sum(measured.group_ms.values()) > 0 and measured.float_model_ms > 0
