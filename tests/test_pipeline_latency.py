@@ -10,7 +10,7 @@ import pytest
 import onnxmp
 from onnxmp.errors import BudgetError
 from onnxmp.latency_spec import CostAxis
-from onnxmp.records import Strategy
+from onnxmp.records import SelectionMethod, Strategy
 from onnxmp.run_records import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_amed_meets_the_budget_and_repeats_for_a_seed(latency_run, profile, tmp_
         for i in range(2)
     ]
     assert runs[0].point.latency_ms <= target
-    assert runs[0].plan == runs[1].plan and runs[0].selection.method == "amed"
+    assert runs[0].plan == runs[1].plan and runs[0].selection.method is SelectionMethod.MEASURED_BEST
     assert runs[0].point.measured_sqnr_db == max(p.measured_sqnr_db for p in runs[0].curve)
 
 
