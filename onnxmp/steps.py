@@ -20,6 +20,8 @@ from onnxmp import bops, calib_data, graph, model_io
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import CalibrationError, ModelError, OnnxmpError, PassError, first_line
 from onnxmp.hw_profile import HwProfile, WeightRounding
+from onnxmp.latency import SystolicLatency, layers_of
+from onnxmp.latency_spec import SystolicSpec
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.check_canonical import check_canonical
@@ -28,6 +30,7 @@ from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.passes.round_weights import RoundingOptions, round_weights
 from onnxmp.phase1.measure import measure, reference_outputs
+from onnxmp.phase1.ort_latency import measure_groups
 from onnxmp.records import Candidate, GroupAnalysis, ParetoPoint, Plan, SensitivityTable
 from onnxmp.run_records import Calibrated, Decision, Prepared, Settings, homogeneous_plan
 from onnxmp.store import ResultStore, run_key
@@ -243,3 +246,27 @@ def width_plan(prepared: Prepared, w_bits: int) -> Plan:
         same = [c for c in group.candidates if c.w_bits == w_bits or (c.w_bits is None and c.a_bits == paired)]
         choices[group.id] = same[0] if same else group.highest
     return Plan(choices)
+
+
+Latency = Callable[[Plan], float]
+
+
+def latency_of(calibrated: Calibrated, store: ResultStore | None = None) -> Latency | None:
+    """The profile's latency model as `plan -> milliseconds` at batch 1 (None without one).
+
+    `systolic` costs each (layer, operand widths) once, kept in `store`; `ort` measures every
+    group at every candidate now, on this machine (onnxmp.phase1.ort_latency).
+    """
+    prepared = calibrated.prepared
+    spec = prepared.profile.latency
+    if spec is None:
+        return None
+    shapes = {name: (1, *array.shape[1:]) for name, array in calibrated.calib.arrays.items()}
+    if isinstance(spec, SystolicSpec):
+        layers = layers_of(bops.concrete_graph(prepared.model, shapes), prepared.analysis)
+        return SystolicLatency(layers, spec, store=store).latency_ms
+    measured = measure_groups(
+        prepared.model, prepared.analysis, calibrated.encodings, spec,
+        sample_shapes=shapes, quantize_bias=prepared.profile.quantize_bias,
+    )
+    return measured.latency_ms
