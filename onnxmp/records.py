@@ -13,6 +13,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from onnxmp.tensor_encoding import Grid as Grid  # re-exported: every stage reads these from records
+from onnxmp.tensor_encoding import TensorEncoding as TensorEncoding
+from onnxmp.tensor_encoding import integer_range as integer_range
+
 
 class Granularity(enum.Enum):
     """How many scales a quantizer has."""
@@ -146,69 +150,6 @@ class GroupAnalysis:
             if group.id == group_id:
                 return group
         raise KeyError(group_id)
-
-
-class Grid(enum.Enum):
-    """The integer grid of a quantizer: the signed/symmetric pair, of which onnxmp uses two.
-
-    >>> Grid.SYMMETRIC_SIGNED.signed, Grid.ASYMMETRIC_UNSIGNED.symmetric
-    (True, False)
-    """
-
-    SYMMETRIC_SIGNED = "symmetric_signed"  # zero point 0, integers in [-(2^(b-1)-1), 2^(b-1)-1]
-    ASYMMETRIC_UNSIGNED = "asymmetric_unsigned"  # zero point z, integers in [0, 2^b - 1]
-
-    @property
-    def signed(self) -> bool:
-        return self is Grid.SYMMETRIC_SIGNED
-
-    @property
-    def symmetric(self) -> bool:
-        return self is Grid.SYMMETRIC_SIGNED
-
-
-@dataclass(frozen=True, slots=True)
-class TensorEncoding:
-    """Quantization parameters of one tensor at one bit-width.
-
-    Integers live in [qmin, qmax]; x_hat = scale * (x_int - zero_point). Per-channel
-    encodings carry one scale and zero point per channel along `axis`.
-    """
-
-    name: str
-    bits: int
-    scale: tuple[float, ...]
-    zero_point: tuple[int, ...]
-    grid: Grid
-    axis: int | None = None
-
-    @property
-    def signed(self) -> bool:
-        return self.grid.signed
-
-    @property
-    def symmetric(self) -> bool:
-        return self.grid.symmetric
-
-    @property
-    def qmin(self) -> int:
-        return integer_range(self.bits, signed=self.signed, symmetric=self.symmetric)[0]
-
-    @property
-    def qmax(self) -> int:
-        return integer_range(self.bits, signed=self.signed, symmetric=self.symmetric)[1]
-
-
-def integer_range(bits: int, *, signed: bool, symmetric: bool) -> tuple[int, int]:
-    """The integer grid of a quantizer; symmetric signed grids drop -2^(b-1) (restricted range).
-
-    >>> integer_range(8, signed=True, symmetric=True), integer_range(4, signed=False, symmetric=False)
-    ((-127, 127), (0, 15))
-    """
-    if not signed:
-        return 0, 2**bits - 1
-    low = -(2 ** (bits - 1)) + (1 if symmetric else 0)
-    return low, 2 ** (bits - 1) - 1
 
 
 class Plan(Mapping[str, Candidate]):

@@ -26,6 +26,7 @@ LINKED = ("passes", "hw_profiles")  # onnxmp/passes and onnxmp/hw_profiles are s
 BASE, SERVICES, PASSES, PHASES, PIPELINE, CLI = range(6)
 NAMED_LAYERS = {
     "onnxmp.records": BASE,
+    "onnxmp.tensor_encoding": BASE,
     "onnxmp.errors": BASE,
     **{f"onnxmp.{m}": SERVICES for m in ("quant_math", "bops", "graph", "hw_profile", "model_io", "large_model", "runtime", "calib_data", "store", "inputs")},
     "onnxmp.pipeline": PIPELINE,
