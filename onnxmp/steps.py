@@ -166,7 +166,13 @@ def simulate(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None 
     return insert_qdq(
         prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings,
         weights=WeightStorage.FAKE_FLOAT, quantize_bias=prepared.profile.quantize_bias, rounded=rounded,
+        table_bits=table_bits(prepared.profile),
     )
+
+
+def table_bits(profile: HwProfile) -> int | None:
+    """The width of the weight-only Gather tables, None when the profile keeps them float."""
+    return None if profile.embeddings is None else profile.embeddings.bits
 
 
 def measured_sqnr(calibrated: Calibrated, plan: Plan, batch_size: int) -> float:
