@@ -23,7 +23,7 @@ from onnxmp.hw_profile import HwProfile, WeightRounding
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.check_canonical import check_canonical
-from onnxmp.passes.insert_qdq import Rounded, WeightStorage, insert_qdq
+from onnxmp.passes.insert_qdq import Rounded, WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_ops
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.passes.round_weights import RoundingOptions, round_weights
@@ -163,11 +163,11 @@ def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> 
 def simulate(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None) -> onnx.ModelProto:
     """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights; the
     `rounded` integers of the plan's weight widths where given, i.e. AdaRound)."""
-    return insert_qdq(
-        prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings,
-        weights=WeightStorage.FAKE_FLOAT, quantize_bias=prepared.profile.quantize_bias, rounded=rounded,
-        table_bits=table_bits(prepared.profile),
+    chosen = quantizers_for(
+        prepared.model, prepared.analysis, plan, encodings, quantize_bias=prepared.profile.quantize_bias,
+        rounded=rounded, table_bits=table_bits(prepared.profile),
     )
+    return insert_quantizers(prepared.model, chosen, weights=WeightStorage.FAKE_FLOAT)
 
 
 def table_bits(profile: HwProfile) -> int | None:

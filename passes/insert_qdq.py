@@ -64,13 +64,9 @@ def insert_qdq(
     weights: WeightStorage = WeightStorage.INTEGER,
     quantize_bias: bool = False,
     rounded: Rounded | None = None,
-    table_bits: int | None = None,
 ) -> onnx.ModelProto:
-    """Return a copy of `model` with quantizers for every group in `plan` (and the Gather tables
-    at `table_bits`, weight-only, when given)."""
-    chosen = quantizers_for(
-        model, analysis, plan, encodings, quantize_bias=quantize_bias, rounded=rounded, table_bits=table_bits
-    )
+    """Return a copy of `model` with quantizers for every group in `plan`."""
+    chosen = quantizers_for(model, analysis, plan, encodings, quantize_bias=quantize_bias, rounded=rounded)
     return insert_quantizers(model, chosen, weights=weights)
 
 
@@ -83,9 +79,8 @@ def quantizers_for(
     `rounded` holds integer weights per (weight, bits) that replace round-to-nearest
     (AdaRound): every configuration stitches in those of its own bit-widths.
 
-    `table_bits` adds the weight-only Gather tables (`analysis.tables`) at that width: whole-plan
-    models carry them; phase 1, which measures one group at a time, leaves them out (their
-    noise would count once per group in the predicted SQNR).
+    `table_bits` adds the weight-only Gather tables (`analysis.tables`): whole-plan models carry
+    them; phase 1 does not (their noise would count once per group in the predicted SQNR).
     """
     weight_encodings: dict[str, TensorEncoding] = {}
     act_encodings: dict[str, TensorEncoding] = {}

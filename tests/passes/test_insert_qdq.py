@@ -15,7 +15,7 @@ from onnxmp import hw_profile, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.encodings import EncodingSet
 from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq, insert_quantizers
+from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq, insert_quantizers, quantizers_for
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.records import Candidate, Grid, Plan, TensorEncoding
 from tests import builders, oracles
@@ -320,7 +320,8 @@ def test_gather_table_weight_only_per_row():
     calib = CalibrationSet({"ids": np.zeros((4, 5), np.int64)})
     encodings = calibrate(canon.model, canon.graph, analysis, calib, profile=profile)
     assert (encodings[("table", 8)].axis, len(encodings[("table", 8)].scale)) == (0, 16)
-    model = insert_qdq(canon.model, analysis=analysis, plan=Plan({}), encodings=encodings, table_bits=8)
+    chosen = quantizers_for(canon.model, analysis, Plan({}), encodings, table_bits=8)
+    model = insert_quantizers(canon.model, chosen, weights=WeightStorage.INTEGER)
     dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear")
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert (inits[dq.input[0]].dtype, inits[dq.input[0]].shape, inits[dq.input[1]].shape) == (np.int8, (16, 4), (16,))
