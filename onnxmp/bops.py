@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
 from onnxmp import large_model
@@ -209,3 +209,35 @@ def macs_share(group: QuantizerGroup, macs: Mapping[str, int]) -> float:
     """The group's fraction of all MACs (0.0 when the model has none)."""
     total = sum(macs.values())
     return sum(macs.get(op, 0) for op in group.ops) / total if total else 0.0
+
+
+def storage_bits(bits: int) -> int:
+    """Bits a weight of `bits` takes in the model file: int4 (two a byte), int8 or int16.
+
+    >>> [storage_bits(b) for b in (3, 4, 6, 8, 12)]
+    [4, 4, 8, 8, 16]
+    """
+    return 4 if bits <= 4 else 8 if bits <= 8 else 16
+
+
+def weight_bytes(graph: DataflowGraph, analysis: GroupAnalysis, plan: Plan, *, table_bits: int | None = None) -> int:
+    """Bytes of the model's constants deployed with `plan` (the model-size column of pareto.csv).
+
+    Why: BOPs count computation; a small encoder's largest tensor is its embedding table,
+    which no kernel multiplies (a Gather reads rows of it), so only the size shows what
+    weight-only table quantization saves. Quantized weights count at their storage width
+    (`storage_bits`), Gather tables at `table_bits` when given, every other constant at its
+    own dtype; scales and zero points are not counted.
+    """
+    bits: dict[str, int] = {}
+    for group in analysis.groups:
+        candidate = plan.get(group.id)
+        if candidate is not None and candidate.w_bits is not None:
+            bits.update(dict.fromkeys(group.weights, storage_bits(candidate.w_bits)))
+    if table_bits is not None:
+        bits.update(dict.fromkeys(analysis.tables, storage_bits(table_bits)))
+    total_bits = 0
+    for name, tensor in graph.constants.items():
+        width = bits.get(name, 8 * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
+        total_bits += int(np.prod(tensor.dims, dtype=np.int64)) * width
+    return total_bits // 8

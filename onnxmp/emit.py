@@ -39,6 +39,7 @@ def _write_outputs(calibrated: Calibrated, decision: Decision, output_dir: Path,
     chosen = quantizers_for(
         prepared.model, prepared.analysis, decision.plan, calibrated.encodings,
         quantize_bias=prepared.profile.quantize_bias, rounded=calibrated.rounded,
+        table_bits=None if prepared.profile.embeddings is None else prepared.profile.embeddings.bits,
     )
     qdq = insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER)
     paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}

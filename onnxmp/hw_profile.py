@@ -26,7 +26,10 @@ from onnxmp.records import Candidate, Granularity
 MIN_BITS, MAX_BITS = 2, 16
 _TOP_KEYS = {"name", "description", "kernels", "ops", "op_kernels", "schemes", "latency"}
 _OPS_KEYS = {"quantized", "passthrough"}
-_SCHEME_KEYS = {"weights": {"granularity", "symmetric", "rounding"}, "activations": {"granularity", "symmetric"}, "bias": {"quantize"}}
+_SCHEME_KEYS = {
+    "weights": {"granularity", "symmetric", "rounding"}, "activations": {"granularity", "symmetric"}, "bias": {"quantize"},
+    "embeddings": {"bits", "granularity"},
+}
 
 
 class WeightRounding(enum.Enum):
@@ -34,6 +37,16 @@ class WeightRounding(enum.Enum):
 
     NEAREST = "nearest"
     ADAROUND = "adaround"
+
+
+@dataclass(frozen=True, slots=True)
+class WeightOnly:
+    """Weight-only quantization of Gather tables (embeddings): stored as integers, read as
+    floats (no kernel computes with them, so BOPs do not see them; the model size does).
+    PER_CHANNEL means one scale per row (per token)."""
+
+    bits: int
+    granularity: Granularity = Granularity.PER_CHANNEL
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class HwProfile:
     activation_symmetric: bool = False
     quantize_bias: bool = False
     weight_rounding: WeightRounding = WeightRounding.NEAREST  # schemes.weights.rounding
+    embeddings: WeightOnly | None = None
     description: str = ""
     fingerprint: str = ""
     latency: LatencySpec | None = None  # the `latency:` section (onnxmp.latency_spec)
@@ -132,6 +146,7 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         ),
         quantize_bias=_bool(schemes["bias"], "quantize", False, f"{where}: schemes.bias.quantize"),
         weight_rounding=_rounding(weights, where),
+        embeddings=_embeddings(schemes["embeddings"], where),
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,
         latency=parse_latency(raw.get("latency"), where),
@@ -145,6 +160,19 @@ def _rounding(weights: Mapping, where: str) -> WeightRounding:
     except ValueError:
         allowed = ", ".join(r.value for r in WeightRounding)
         raise ProfileError(f"{where}: schemes.weights.rounding: {value!r} (allowed: {allowed})") from None
+def _embeddings(scheme: Mapping, where: str) -> WeightOnly | None:
+    """`schemes.embeddings: {bits: 8, granularity: per_channel}`, or None when absent."""
+    if not scheme:
+        return None
+    bits = scheme.get("bits")
+    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ProfileError(f"{where}: schemes.embeddings.bits: expected an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    value = scheme.get("granularity", Granularity.PER_CHANNEL.value)
+    try:
+        return WeightOnly(bits, Granularity(value))
+    except ValueError:
+        allowed = ", ".join(g.value for g in Granularity)
+        raise ProfileError(f"{where}: schemes.embeddings.granularity: {value!r} (allowed: {allowed})") from None
 
 
 def _mapping(raw: Mapping, key: str, where: str, prefix: str = "") -> Mapping:
@@ -157,7 +185,7 @@ def _mapping(raw: Mapping, key: str, where: str, prefix: str = "") -> Mapping:
 
 
 def _schemes(raw: Mapping, where: str) -> dict[str, Mapping]:
-    """The three scheme sections, each checked for unknown keys (a typo must not pass silently)."""
+    """The scheme sections, each checked for unknown keys (a typo must not pass silently)."""
     schemes = _mapping(raw, "schemes", where)
     strict.check_keys(schemes, _SCHEME_KEYS, f"{where}: schemes.", ProfileError)
     sections = {}

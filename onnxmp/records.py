@@ -144,6 +144,7 @@ class GroupAnalysis:
     # activation tensor a quantized op reads -> the tensor whose quantizer it uses
     # (differs when data-movement ops pass a quantizer through)
     anchors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tables: tuple[str, ...] = ()  # Gather tables quantized weight-only (`schemes.embeddings`)
 
     def group(self, group_id: str) -> QuantizerGroup:
         for group in self.groups:

@@ -61,20 +61,26 @@ def sensitivity_json(prepared: Prepared, table: SensitivityTable) -> dict:
     }
 
 
-def pareto_csv(curves: Mapping[str, ParetoCurve]) -> str:
+def pareto_csv(curves: Mapping[str, ParetoCurve], prepared: Prepared) -> str:
     """Every curve (this run's first, then the store's other strategies), one row per point;
-    `index` counts within a curve, `moved_group`/`to` name the first group that changed."""
+    `index` counts within a curve, `moved_group`/`to` name the first group that changed;
+    `weight_bytes` is the model's constants at that plan (`bops.weight_bytes`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "bops_rel", "predicted_sqnr_db", "measured_sqnr_db", "accuracy", "moved_group", "to", "strategy", "latency_ms"])
+    writer.writerow([
+        "index", "bops_rel", "predicted_sqnr_db", "measured_sqnr_db", "accuracy", "moved_group", "to", "strategy",
+        "latency_ms", "weight_bytes",
+    ])
+    tables = None if prepared.profile.embeddings is None else prepared.profile.embeddings.bits
     for label, curve in curves.items():
         previous = None
         for i, point in enumerate(curve):
             moved = [g for g in point.plan if previous is not None and previous[g] != point.plan[g]]
+            size = bops.weight_bytes(prepared.graph, prepared.analysis, point.plan, table_bits=tables)
             writer.writerow([
                 i, f"{point.bops_rel:.6f}", _csv(point.predicted_sqnr_db), _csv(point.measured_sqnr_db),
                 _csv(point.accuracy), moved[0] if moved else "", str(point.plan[moved[0]]) if moved else "", label,
-                _csv(point.latency_ms),
+                _csv(point.latency_ms), size,
             ])
             previous = point.plan
     return buffer.getvalue()
@@ -115,7 +121,7 @@ def write_all(prepared: Prepared, decision: Decision, output_dir: Path, *, absen
     plan_data["encodings_absent"] = [{"tensor": t, "reason": r} for t, r in sorted((absent or {}).items())]
     paths = {
         "plan": model_io.write_text(json.dumps(plan_data, indent=2) + "\n", output_dir / "plan.json"),
-        "pareto": model_io.write_text(pareto_csv(decision.curves or {"homogeneous": decision.curve}), output_dir / "pareto.csv"),
+        "pareto": model_io.write_text(pareto_csv(decision.curves or {"homogeneous": decision.curve}, prepared), output_dir / "pareto.csv"),
         "report": model_io.write_text(
             report_md(prepared, decision), output_dir / "report.md"
         ),

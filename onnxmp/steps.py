@@ -25,7 +25,7 @@ from onnxmp.latency_spec import SystolicSpec
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.check_canonical import check_canonical
-from onnxmp.passes.insert_qdq import Rounded, WeightStorage, insert_qdq
+from onnxmp.passes.insert_qdq import Rounded, WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_ops
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.passes.round_weights import RoundingOptions, round_weights
@@ -166,10 +166,16 @@ def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> 
 def simulate(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None) -> onnx.ModelProto:
     """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights; the
     `rounded` integers of the plan's weight widths where given, i.e. AdaRound)."""
-    return insert_qdq(
-        prepared.model, analysis=prepared.analysis, plan=plan, encodings=encodings,
-        weights=WeightStorage.FAKE_FLOAT, quantize_bias=prepared.profile.quantize_bias, rounded=rounded,
+    chosen = quantizers_for(
+        prepared.model, prepared.analysis, plan, encodings, quantize_bias=prepared.profile.quantize_bias,
+        rounded=rounded, table_bits=table_bits(prepared.profile),
     )
+    return insert_quantizers(prepared.model, chosen, weights=WeightStorage.FAKE_FLOAT)
+
+
+def table_bits(profile: HwProfile) -> int | None:
+    """The width of the weight-only Gather tables, None when the profile keeps them float."""
+    return None if profile.embeddings is None else profile.embeddings.bits
 
 
 def measured_sqnr(calibrated: Calibrated, plan: Plan, batch_size: int) -> float:

@@ -66,6 +66,11 @@ def calibrate(
         for bits in sorted(bits_set):
             encodings[(weight, bits)] = encode_weight(graph.constant(weight), weight, bits, axis, method)
             progress.done(math.prod(graph.constants[weight].dims), f"{weight} @ {bits} bits")
+    if profile.embeddings is not None:  # weight-only Gather tables, one scale per row or per table
+        row_axis = 0 if profile.embeddings.granularity is Granularity.PER_CHANNEL else None
+        for table in analysis.tables:
+            bits = profile.embeddings.bits
+            encodings[(table, bits)] = encode_weight(graph.constant(table), table, bits, row_axis, method)
     fixed = {t: r for t in act_bits if (r := known_range(graph, t)) is not None}
     histograms = activation_histograms(model, calib, sorted(set(act_bits) - set(fixed)), batch_size=batch_size)
     for tensor, bits_set in act_bits.items():

@@ -72,12 +72,15 @@ def insert_qdq(
 
 def quantizers_for(
     model: onnx.ModelProto, analysis: GroupAnalysis, plan: Plan, encodings: Encodings, *,
-    quantize_bias: bool = False, rounded: Rounded | None = None,
+    quantize_bias: bool = False, rounded: Rounded | None = None, table_bits: int | None = None,
 ) -> EncodingSet:
     """Resolve a plan into per-tensor encodings (and int32 bias encodings s_x * s_w).
 
     `rounded` holds integer weights per (weight, bits) that replace round-to-nearest
     (AdaRound): every configuration stitches in those of its own bit-widths.
+
+    `table_bits` adds the weight-only Gather tables (`analysis.tables`): whole-plan models carry
+    them; phase 1 does not (their noise would count once per group in the predicted SQNR).
     """
     weight_encodings: dict[str, TensorEncoding] = {}
     act_encodings: dict[str, TensorEncoding] = {}
@@ -91,6 +94,8 @@ def quantizers_for(
         act_encodings.update({t: encodings[(t, candidate.a_bits)] for t in group.activations})
         if rounded is not None and w_bits is not None:
             integers.update({w: rounded[(w, w_bits)] for w in group.weights if (w, w_bits) in rounded})
+    if table_bits is not None:
+        weight_encodings.update({t: encodings[(t, table_bits)] for t in analysis.tables})
     biases = _bias_encodings(model, analysis, weight_encodings, act_encodings) if quantize_bias else {}
     # a weight whose scale grew to keep its bias in int32 falls back to nearest rounding
     kept = {w: q for w, q in integers.items() if weight_encodings[w] is encodings[(w, weight_encodings[w].bits)]}

@@ -21,6 +21,8 @@ Rule cases:
    joins a quantized Softmax (a masked-softmax kernel) or stays in float.
 5. Op types with activation-only kernels in the profile (`op_kernels: {Softmax: [A16]}`)
    restrict the activation widths of their group; ops that joined a kernel restrict nothing.
+6. With the profile's `schemes.embeddings`, the 2-D float constant tables that Gather ops
+   read are quantized weight-only (`GroupAnalysis.tables`): no group, no BOPs.
 """
 
 from __future__ import annotations
@@ -81,7 +83,20 @@ def quantizer_groups(graph: DataflowGraph, profile: HwProfile) -> GroupAnalysis:
         groups=tuple(groups),
         skipped=tuple(skipped),
         anchors=MappingProxyType({t: a for t, a in sorted(anchors.items()) if a in kept}),
+        tables=_tables(graph, profile),
     )
+
+
+def _tables(graph: DataflowGraph, profile: HwProfile) -> tuple[str, ...]:
+    """Float constant tables that Gather ops read rows of, when the profile quantizes them."""
+    if profile.embeddings is None:
+        return ()
+    found = [
+        node.input[0] for node in (graph.nodes[n] for n in graph.order)
+        if node.op_type == "Gather" and graph.is_constant(node.input[0]) and graph.is_float(node.input[0])
+        and len(graph.shapes.get(node.input[0], ())) == 2
+    ]
+    return tuple(dict.fromkeys(found))
 
 
 def _why_not_quantized(graph: DataflowGraph, node: onnx.NodeProto, profile: HwProfile) -> str | None:

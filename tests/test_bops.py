@@ -195,3 +195,22 @@ def test_attention_block_macs_at_sequence_12():
     assert macs == {
         "q_mm": 768, "k_mm": 768, "v_mm": 768, "qk": 1152, "pv": 1152, "o_mm": 768, "ff_mm": 1536, "out_mm": 1536,
     }
+
+
+@pytest.mark.parametrize(
+    ("mm", "table_bits", "expected"),
+    [
+        # int64 constants one_index 8 + zero_axes 8 + position_ids 16 x 8 + start 8 + slice_axes 8 = 160 bytes;
+        # table [16,4] and w [4,3]: float32 = 256 + 48
+        (None, None, 160 + 256 + 48),
+        (W8A8, None, 160 + 256 + 12),  # w: 12 int8
+        (W8A8, 8, 160 + 64 + 12),  # the table weight-only at int8: 64 bytes
+        (W4A8, 4, 160 + 32 + 6),  # int4 packs two a byte
+    ],
+)
+def test_weight_bytes_by_hand(mm, table_bits, expected):
+    canon = builders.canonical(builders.position_slice_matmul())
+    analysis = quantizer_groups(canon.graph, hw_profile.load_profile("npu-transformer"))
+    assert analysis.tables == ("table",)
+    plan = Plan({} if mm is None else {"mm": mm})
+    assert bops.weight_bytes(canon.graph, analysis, plan, table_bits=table_bits) == expected

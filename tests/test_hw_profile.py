@@ -174,7 +174,7 @@ def test_unknown_top_level_key(tmp_path):
         ("schemes:\n  activatons: {symmetric: true}\n", "schemes.activatons: unknown key (did you mean 'activations'?)"),
         ("schemes:\n  bias: {quantise: true}\n", "schemes.bias.quantise: unknown key (did you mean 'quantize'?)"),
         ("schemes:\n  bias: {zzz: true}\n", "schemes.bias.zzz: unknown key (allowed: quantize)"),
-        ("schemes:\n  1: {}\n", "schemes.1: unknown key (allowed: activations, bias, weights)"),
+        ("schemes:\n  1: {}\n", "schemes.1: unknown key (allowed: activations, bias, embeddings, weights)"),
         ("schemes:\n  activations: {granularity: per_channel}\n",
          "schemes.activations.granularity: 'per_channel' (allowed: per_tensor)"),
         ("schemes: []\n", "schemes: expected a mapping, got list"),
@@ -268,6 +268,8 @@ def test_weight_rounding_from_the_profile(tmp_path):
     with pytest.raises(ProfileError) as info:
         hw_profile.load_profile(path)
     assert str(info.value) == f"{path}: schemes.weights.rounding: 'up' (allowed: nearest, adaround)"
+
+
 def test_systolic_amed_profile_is_table_1():
     spec = hw_profile.load_profile("systolic-amed").latency
     assert spec == SystolicSpec(32, 32, Dataflow.OUTPUT_STATIONARY, 64.0, 64.0, 64.0, 10.0, 0.2, word_bits=16)
@@ -298,3 +300,25 @@ def test_latency_section_errors_name_the_key(tmp_path, latency, message):
 def test_ort_latency_section_defaults(tmp_path):
     path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + "latency: {model: ort, threads: 1}\n")
     assert hw_profile.load_profile(path).latency == OrtSpec(threads=1)
+
+
+def test_embeddings_scheme(tmp_path):
+    assert hw_profile.load_profile("npu-transformer").embeddings == hw_profile.WeightOnly(8, Granularity.PER_CHANNEL)
+    assert hw_profile.load_profile("npu").embeddings is None
+    path = _write(tmp_path, "kernels: [W8A8]\nops: {quantized: [MatMul]}\nschemes:\n  embeddings: {bits: 4, granularity: per_tensor}\n")
+    assert hw_profile.load_profile(path).embeddings == hw_profile.WeightOnly(4, Granularity.PER_TENSOR)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "message"),
+    [
+        ("{bits: 1}", "schemes.embeddings.bits: expected an integer in 2..16, got 1"),
+        ("{granularity: per_row}", "schemes.embeddings.bits: expected an integer in 2..16, got None"),
+        ("{bits: 8, granularity: per_row}", "schemes.embeddings.granularity: 'per_row' (allowed: per_tensor, per_channel)"),
+    ],
+)
+def test_bad_embeddings_scheme(tmp_path, scheme, message):
+    path = _write(tmp_path, f"kernels: [W8A8]\nops: {{quantized: [MatMul]}}\nschemes:\n  embeddings: {scheme}\n")
+    with pytest.raises(ProfileError) as info:
+        hw_profile.load_profile(path)
+    assert str(info.value) == f"{path}: {message}"

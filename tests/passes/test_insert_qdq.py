@@ -15,7 +15,7 @@ from onnxmp import hw_profile, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.encodings import EncodingSet
 from onnxmp.passes.calibrate import calibrate
-from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq, insert_quantizers
+from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq, insert_quantizers, quantizers_for
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.records import Candidate, Grid, Plan, TensorEncoding
 from tests import builders, oracles
@@ -309,3 +309,22 @@ def test_clip_of_a_graph_input_inside_the_quantizer_range_is_dropped(low, high, 
     x = np.linspace(-3, 130, 3 * 4 * 4 * 2, dtype=np.float32).reshape(2, 3, 4, 4)
     expected = np.clip(np.round(np.clip(x, low, high) / 0.5) + 2, 0, 255) - 2
     np.testing.assert_array_equal(oracles.run(qdq, {"x": x})["y"], np.float32(0.5) * expected.sum(axis=1, keepdims=True).repeat(2, axis=1))
+
+
+def test_gather_table_weight_only_per_row():
+    # npu-transformer quantizes Gather tables weight-only at int8, one scale per row: the table
+    # becomes int8 [16, 4] read through a DequantizeLinear on axis 0 with 16 scales
+    canon = builders.canonical(builders.position_slice_matmul())
+    profile = hw_profile.load_profile("npu-transformer")
+    analysis = quantizer_groups(canon.graph, profile)
+    calib = CalibrationSet({"ids": np.zeros((4, 5), np.int64)})
+    encodings = calibrate(canon.model, canon.graph, analysis, calib, profile=profile)
+    assert (encodings[("table", 8)].axis, len(encodings[("table", 8)].scale)) == (0, 16)
+    chosen = quantizers_for(canon.model, analysis, Plan({}), encodings, table_bits=8)
+    model = insert_quantizers(canon.model, chosen, weights=WeightStorage.INTEGER)
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear")
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert (inits[dq.input[0]].dtype, inits[dq.input[0]].shape, inits[dq.input[1]].shape) == (np.int8, (16, 4), (16,))
+    assert {a.name: a.i for a in dq.attribute} == {"axis": 0}
+    without = insert_qdq(canon.model, analysis=analysis, plan=Plan({}), encodings=encodings)
+    assert "DequantizeLinear" not in {n.op_type for n in without.graph.node}  # phase 1 leaves tables float
