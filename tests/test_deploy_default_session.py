@@ -8,7 +8,7 @@ digits CNN (default suite) and on EfficientNet-Lite0 from ../shared (slow); each
 SQNR against the float model of the simulation (what onnxmp measured) and of the default
 session (what the user gets), and the default session against the simulation.
 
-Deployed outputs may differ from simulated ones: ONNX Runtime >= 1.21 quantizes a float
+Deployed outputs may differ from simulated ones: ONNX Runtime 1.32 (not 1.20) quantizes a float
 Conv/Gemm bias to int32 at s_x * s_w itself (WeightBiasQuantization) and runs W8A8 as
 integer kernels. What must hold: the model loads, runs, and what the user gets is within
 DEPLOY_LOSS_DB of what onnxmp measured (never far worse).
