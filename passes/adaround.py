@@ -132,7 +132,9 @@ def adaround(problem: LayerProblem, params: AdaRoundParams) -> tuple[np.ndarray,
     v = np.where(movable, initial_v(w / scale - floor), -10.0).astype(np.float32)
     step_h = (scale * movable).astype(np.float32)  # d W~ / d h
     offset = scale * base - w  # W~ - W = step_h * h + offset
-    grad_scale = step_h * (2.0 * w.shape[2] / (scale * scale * _trace(problem))).astype(np.float32)
+    with np.errstate(divide="ignore", over="ignore"):  # a dead input (tr G = 0) or a ~0 scale: no error to fit
+        ratio = 2.0 * w.shape[2] / (scale.astype(np.float64) ** 2 * _trace(problem))
+    grad_scale = (step_h * np.where(np.isfinite(ratio), np.minimum(ratio, 1e30), 0.0)).astype(np.float32)
     loop = _Loop(v.shape)
     adam = _Adam(v.shape, params.learning_rate)
     for step in range(params.iterations):
@@ -187,10 +189,10 @@ class _Loop:
 
 
 def _trace(problem: LayerProblem) -> np.ndarray:
-    """tr(G) per group, [groups, 1, 1] (never 0)."""
+    """tr(G) per group, [groups, 1, 1]."""
     f = problem.factor.astype(np.float64)
     trace = np.trace(f, axis1=1, axis2=2) if problem.is_gram else np.sum(f * f, axis=(1, 2))
-    return np.asarray(np.maximum(trace, 1e-30)[:, None, None])
+    return np.asarray(trace[:, None, None])
 
 
 def _reconstruction_grad(diff: np.ndarray, problem: LayerProblem) -> np.ndarray:

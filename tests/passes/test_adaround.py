@@ -136,3 +136,13 @@ def test_weights_above_max_bits_and_unsupported_ops_stay_nearest() -> None:
     wide = {("w", 8): TensorEncoding("w", 8, (0.01,), (0,), Grid.SYMMETRIC_SIGNED, 0)}
     options = RoundingOptions(max_bits=6)
     assert dict(round_weights(gemm, wide, CalibrationSet({"x": HAND_X}), options=options)) == {}
+
+
+def test_a_dead_input_group_leaves_its_weights_at_nearest_without_nan() -> None:
+    # group 0 reads an input that is always 0 (a dead channel), group 1 a live one
+    w = np.array([[[0.26, -0.14]], [[0.26, -0.14]]], np.float32)
+    gram = np.stack([np.zeros((2, 2)), np.array([[1.0, 0.9], [0.9, 1.0]])])
+    problem = LayerProblem(w, np.float32(0.1), -7, 7, gram.astype(np.float32), is_gram=True)
+    with np.errstate(all="raise"):
+        q, h = adaround(problem, AdaRoundParams())
+    assert q[0].tolist() == [[3, -1]] and np.isfinite(h).all()  # nearest: 2.6 -> 3, -1.4 -> -1
