@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 import onnx.defs
 
@@ -22,6 +23,8 @@ from onnxmp import strict
 from onnxmp.errors import ProfileError
 from onnxmp.latency_spec import LatencySpec, parse_latency
 from onnxmp.records import Candidate, Granularity
+
+E = TypeVar("E", bound=enum.Enum)
 
 MIN_BITS, MAX_BITS = 2, 16
 _TOP_KEYS = {"name", "description", "kernels", "ops", "op_kernels", "schemes", "latency"}
@@ -140,12 +143,12 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         quantized_ops=quantized,
         passthrough_ops=passthrough,
         op_kernels=MappingProxyType(op_kernels),
-        weight_granularity=_granularity(weights, where),
+        weight_granularity=_choice(Granularity, weights, "schemes.weights.granularity", Granularity.PER_CHANNEL, where),
         activation_symmetric=_bool(
             activations, "symmetric", False, f"{where}: schemes.activations.symmetric"
         ),
         quantize_bias=_bool(schemes["bias"], "quantize", False, f"{where}: schemes.bias.quantize"),
-        weight_rounding=_rounding(weights, where),
+        weight_rounding=_choice(WeightRounding, weights, "schemes.weights.rounding", WeightRounding.NEAREST, where),
         embeddings=_embeddings(schemes["embeddings"], where),
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,
@@ -153,13 +156,17 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
     )
 
 
-def _rounding(weights: Mapping, where: str) -> WeightRounding:
-    value = weights.get("rounding", WeightRounding.NEAREST.value)
+def _choice(kind: type[E], scheme: Mapping, key: str, default: E, where: str) -> E:
+    """The enum member `scheme[key]` names (default when absent); an unknown name is a
+    ProfileError listing the allowed ones. `key` is the dotted path shown in the message."""
+    value = scheme.get(key.rsplit(".", 1)[-1], default.value)
     try:
-        return WeightRounding(value)
+        return kind(value)
     except ValueError:
-        allowed = ", ".join(r.value for r in WeightRounding)
-        raise ProfileError(f"{where}: schemes.weights.rounding: {value!r} (allowed: {allowed})") from None
+        allowed = ", ".join(str(member.value) for member in kind)
+        raise ProfileError(f"{where}: {key}: {value!r} (allowed: {allowed})") from None
+
+
 def _embeddings(scheme: Mapping, where: str) -> WeightOnly | None:
     """`schemes.embeddings: {bits: 8, granularity: per_channel}`, or None when absent."""
     if not scheme:
@@ -167,12 +174,8 @@ def _embeddings(scheme: Mapping, where: str) -> WeightOnly | None:
     bits = scheme.get("bits")
     if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
         raise ProfileError(f"{where}: schemes.embeddings.bits: expected an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    value = scheme.get("granularity", Granularity.PER_CHANNEL.value)
-    try:
-        return WeightOnly(bits, Granularity(value))
-    except ValueError:
-        allowed = ", ".join(g.value for g in Granularity)
-        raise ProfileError(f"{where}: schemes.embeddings.granularity: {value!r} (allowed: {allowed})") from None
+    granularity = _choice(Granularity, scheme, "schemes.embeddings.granularity", Granularity.PER_CHANNEL, where)
+    return WeightOnly(bits, granularity)
 
 
 def _mapping(raw: Mapping, key: str, where: str, prefix: str = "") -> Mapping:
@@ -247,15 +250,6 @@ def _check_op_type(op_type: object, where: str, prefix: str) -> None:
         near = strict.closest(op_type, onnx_op_types())
         hint = f" (did you mean {near!r}?)" if near else ""
         raise ProfileError(f"{where}: {prefix}{op_type!r} is not an ONNX op type{hint}")
-
-
-def _granularity(scheme: Mapping, where: str) -> Granularity:
-    value = scheme.get("granularity", Granularity.PER_CHANNEL.value)
-    try:
-        return Granularity(value)
-    except ValueError:
-        allowed = ", ".join(g.value for g in Granularity)
-        raise ProfileError(f"{where}: schemes.weights.granularity: {value!r} (allowed: {allowed})") from None
 
 
 def _bool(scheme: Mapping, key: str, default: bool, where_key: str) -> bool:
