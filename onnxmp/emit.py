@@ -14,9 +14,10 @@ from pathlib import Path
 from onnxmp import encodings as encodings_format
 from onnxmp import model_io, output_folder
 from onnxmp.passes.bake_weights import bake_weights
-from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers, quantizers_for
+from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers
 from onnxmp.phase1.measure import measure
 from onnxmp.run_records import Calibrated, Decision, Result, Settings
+from onnxmp.steps import quantizers
 
 # every file a run may write (models' weights go to .data beyond 2 GB); the store is not one
 OUTPUT_FILES = (
@@ -36,11 +37,7 @@ def _write_outputs(calibrated: Calibrated, decision: Decision, output_dir: Path,
     from onnxmp import report
 
     prepared = calibrated.prepared
-    chosen = quantizers_for(
-        prepared.model, prepared.analysis, decision.plan, calibrated.encodings,
-        quantize_bias=prepared.profile.quantize_bias, rounded=calibrated.rounded,
-        table_bits=None if prepared.profile.embeddings is None else prepared.profile.embeddings.bits,
-    )
+    chosen = quantizers(prepared, decision.plan, calibrated.encodings, calibrated.rounded)
     qdq = insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER)
     paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}
     decision = _with_deployed_sqnr(decision, calibrated, paths["model"], settings.batch_size)

@@ -22,8 +22,7 @@ from onnxmp.hw_profile import HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.latency_spec import CostAxis
 from onnxmp.phase1.executors import executor_for
-from onnxmp.phase1.jobs import Phase1Result
-from onnxmp.phase1.sensitivity import STORE_KIND, Phase1Context, Progress, sensitivity
+from onnxmp.phase1.sensitivity import Phase1Context, Progress, sensitivity, stored_results
 from onnxmp.records import (
     Candidate,
     GroupAnalysis,
@@ -175,7 +174,7 @@ def _select(
 
 
 def _missing_phase1(analysis: GroupAnalysis, store: ResultStore) -> int:
-    done = {(r.group, r.candidate) for e in store.entries(STORE_KIND) if (r := Phase1Result.from_entry(e)) is not None}
+    done = stored_results(store)
     return sum((g.id, c) not in done for g in analysis.groups for c in g.candidates)
 
 

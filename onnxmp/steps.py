@@ -18,6 +18,7 @@ import onnx
 
 from onnxmp import bops, calib_data, graph, model_io
 from onnxmp.calib_data import CalibrationSet
+from onnxmp.encodings import EncodingSet
 from onnxmp.errors import CalibrationError, ModelError, OnnxmpError, PassError, first_line
 from onnxmp.hw_profile import HwProfile, WeightRounding
 from onnxmp.latency import SystolicLatency, layers_of
@@ -166,11 +167,15 @@ def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> 
 def simulate(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None) -> onnx.ModelProto:
     """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights; the
     `rounded` integers of the plan's weight widths where given, i.e. AdaRound)."""
-    chosen = quantizers_for(
+    return insert_quantizers(prepared.model, quantizers(prepared, plan, encodings, rounded), weights=WeightStorage.FAKE_FLOAT)
+
+
+def quantizers(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None) -> EncodingSet:
+    """Every quantizer `plan` puts in the model: what is simulated is what is emitted."""
+    return quantizers_for(
         prepared.model, prepared.analysis, plan, encodings, quantize_bias=prepared.profile.quantize_bias,
         rounded=rounded, table_bits=table_bits(prepared.profile),
     )
-    return insert_quantizers(prepared.model, chosen, weights=WeightStorage.FAKE_FLOAT)
 
 
 def table_bits(profile: HwProfile) -> int | None:

@@ -90,10 +90,7 @@ def _expanded_size(root: yaml.Node, where: str, error: type[OnnxmpError]) -> int
         open_nodes.add(id(node))
         _check_unique_keys(node, where, error)
         stack.append((node, True))
-        for kid in kids:
-            if id(kid) in open_nodes:
-                raise error(f"{where}: a YAML alias refers to a node that contains it")
-            stack.append((kid, False))
+        stack.extend((kid, False) for kid in kids)
     return sizes[id(root)]
 
 

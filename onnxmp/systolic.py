@@ -98,8 +98,8 @@ def dram_bits(shape: GemmShape, bits: OperandBits, spec: SystolicSpec) -> tuple[
     ifmap, filt, ofmap = shape.ifmap_elems * bits.ifmap, shape.filter_elems * bits.filter, shape.ofmap_elems * bits.ofmap
     fits = [b <= kb * 1024 * 8 / 2 for b, kb in (
         (ifmap, spec.ifmap_sram_kb), (filt, spec.filter_sram_kb), (ofmap, spec.ofmap_sram_kb))]
-    row_folds = math.ceil(mapping(shape, spec.dataflow)[0] / spec.rows)
-    col_folds = math.ceil(mapping(shape, spec.dataflow)[1] / spec.cols)
+    s_r, s_c, _ = mapping(shape, spec.dataflow)
+    row_folds, col_folds = math.ceil(s_r / spec.rows), math.ceil(s_c / spec.cols)
     if spec.dataflow is Dataflow.OUTPUT_STATIONARY:
         reads = (1 if fits[0] else col_folds, 1 if fits[1] else row_folds, 1)
     elif spec.dataflow is Dataflow.WEIGHT_STATIONARY:

@@ -83,7 +83,7 @@ def sensitivity(
         RunError: an executor returned without some results (e.g. a worker was killed);
             what was measured is in the store, so a rerun resumes.
     """
-    done = _stored(store)
+    done = stored_results(store)
     tasks = [(g.id, c) for g in context.analysis.groups for c in g.candidates]
     pending = frozenset(t for t in tasks if t not in done)
     logger.info("phase 1: %d evaluations, %d already in %s", len(tasks), len(tasks) - len(pending), store.path)
@@ -103,7 +103,8 @@ def sensitivity(
     return SensitivityTable({t: done[t].noise.sqnr_db for t in tasks})
 
 
-def _stored(store: ResultStore) -> dict[tuple[str, Candidate], Phase1Result]:
+def stored_results(store: ResultStore) -> dict[tuple[str, Candidate], Phase1Result]:
+    """The valid phase-1 results in `store`, by (group, candidate); damaged entries are skipped."""
     stored = {}
     for entry in store.entries(STORE_KIND):
         result = Phase1Result.from_entry(entry)
