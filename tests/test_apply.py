@@ -90,7 +90,8 @@ def test_weight_bit_widths_outside_2_to_16_or_32_are_refused(tmp_path, bw, shown
 
 def test_an_integral_float_bit_width_is_a_bit_width(tmp_path):
     path, _ = apply.apply_encodings(builders.conv_relu(), _file(tmp_path, _with("activation_encodings", 0, bw=8.0)), tmp_path / "o")
-    assert path.is_file()
+    integral, _ = apply.apply_encodings(builders.conv_relu(), _file(tmp_path, _with("activation_encodings", 0, bw=8)), tmp_path / "i")
+    assert path.read_bytes() == integral.read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -128,8 +129,9 @@ def test_two_entries_for_one_tensor_with_different_values_are_refused(tmp_path):
 def test_two_identical_entries_for_one_tensor_are_one(tmp_path):
     data = copy.deepcopy(V1)
     data["activation_encodings"].append(copy.deepcopy(INPUT))
-    path, _ = apply.apply_encodings(builders.conv_relu(), _file(tmp_path, data), tmp_path / "o")
-    assert path.is_file()
+    path, unknown = apply.apply_encodings(builders.conv_relu(), _file(tmp_path, data), tmp_path / "o")
+    single, _ = apply.apply_encodings(builders.conv_relu(), _file(tmp_path, V1), tmp_path / "s")
+    assert path.read_bytes() == single.read_bytes() and list(unknown) == []
 
 
 def test_a_0_6_1_tensor_named_twice_with_different_values_is_refused(tmp_path):
