@@ -16,7 +16,7 @@ import click
 
 from onnxmp import evaluate
 from onnxmp.calib_data import Preprocess
-from onnxmp.hw_profile import WeightRounding
+from onnxmp.hw_profile import ActivationClipping, WeightRounding
 from onnxmp.latency_spec import CostAxis
 from onnxmp.records import ExecutorKind, RangeMethod, SearchMethod, Strategy
 from onnxmp.run_records import Settings
@@ -74,6 +74,9 @@ def run_options(command):
         click.option("--range-method", type=click.Choice([m.value for m in RangeMethod]), default="mse", show_default=True),
         click.option("--weight-rounding", type=click.Choice([r.value for r in WeightRounding]),
                      help="nearest, or adaround (learned up/down rounding) [default: the profile's]."),
+        click.option("--activation-clipping", type=click.Choice([c.value for c in ActivationClipping]),
+                     help="tensor (MSE of the tensor), or output (ranges <= 8 bits tightened by the "
+                          "network-output SQNR, one phase-1-like pass) [default: the profile's]."),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
         click.option("--strategy", type=click.Choice([m.value for m in Strategy]), default="greedy", show_default=True,
                      help="Phase-2 strategy that builds the curve."),
@@ -121,6 +124,7 @@ class RunOptions:
     eval_fn: str | None
     range_method: str
     weight_rounding: str | None
+    activation_clipping: str | None
     search: str
     strategy: str
     batch_size: int
@@ -145,6 +149,7 @@ class RunOptions:
             require_stored=require_stored, verify=self.debug, strict=self.strict, qem=self.qem, lam=self.lam,
             per_network=self.adaqat_mode == "network", measured_loss=self.adaqat_loss == "measured",
             weight_rounding=WeightRounding(self.weight_rounding) if self.weight_rounding else None,
+            activation_clipping=ActivationClipping(self.activation_clipping) if self.activation_clipping else None,
             cost=CostAxis(self.cost), amed_samples=self.amed_samples,
         )
 

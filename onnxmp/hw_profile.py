@@ -30,7 +30,7 @@ MIN_BITS, MAX_BITS = 2, 16
 _TOP_KEYS = {"name", "description", "kernels", "ops", "op_kernels", "schemes", "latency"}
 _OPS_KEYS = {"quantized", "passthrough"}
 _SCHEME_KEYS = {
-    "weights": {"granularity", "symmetric", "rounding"}, "activations": {"granularity", "symmetric"}, "bias": {"quantize"},
+    "weights": {"granularity", "symmetric", "rounding"}, "activations": {"granularity", "symmetric", "clipping"}, "bias": {"quantize"},
     "embeddings": {"bits", "granularity"},
 }
 
@@ -40,6 +40,14 @@ class WeightRounding(enum.Enum):
 
     NEAREST = "nearest"
     ADAROUND = "adaround"
+
+
+class ActivationClipping(enum.Enum):
+    """How an activation's range is chosen: the tensor's own MSE, or (`output`) that range
+    shrunk by the factor that is best at the network output (onnxmp.phase1.clip_activations)."""
+
+    TENSOR = "tensor"
+    OUTPUT = "output"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +73,7 @@ class HwProfile:
     activation_symmetric: bool = False
     quantize_bias: bool = False
     weight_rounding: WeightRounding = WeightRounding.NEAREST  # schemes.weights.rounding
+    activation_clipping: ActivationClipping = ActivationClipping.TENSOR  # schemes.activations.clipping
     embeddings: WeightOnly | None = None
     description: str = ""
     fingerprint: str = ""
@@ -149,6 +158,9 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         ),
         quantize_bias=_bool(schemes["bias"], "quantize", False, f"{where}: schemes.bias.quantize"),
         weight_rounding=_choice(WeightRounding, weights, "schemes.weights.rounding", WeightRounding.NEAREST, where),
+        activation_clipping=_choice(
+            ActivationClipping, activations, "schemes.activations.clipping", ActivationClipping.TENSOR, where
+        ),
         embeddings=_embeddings(schemes["embeddings"], where),
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import onnx
 
@@ -18,9 +19,10 @@ from onnxmp import curves, output_folder, runtime, versions
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.emit import emit
 from onnxmp.errors import BudgetError, ModelError
-from onnxmp.hw_profile import HwProfile
+from onnxmp.hw_profile import ActivationClipping, HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.latency_spec import CostAxis
+from onnxmp.phase1.clip_activations import clip_activations
 from onnxmp.phase1.executors import executor_for
 from onnxmp.phase1.sensitivity import Phase1Context, Progress, sensitivity, stored_results
 from onnxmp.records import (
@@ -185,10 +187,35 @@ def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> Resu
         range_method=settings.range_method.value,
         batch_size=str(settings.batch_size),
         weight_rounding=adaround_key(prepared, settings),
+        activation_clipping=activation_clipping(prepared, settings).value,
         runtime=runtime.ort.__version__,
         onnxmp=versions.onnxmp_version(),
     )
     return ResultStore(Path(output_dir) / STORE_NAME, key)
+
+
+def activation_clipping(prepared: Prepared, settings: Settings) -> ActivationClipping:
+    """The run's clipping: the setting (`--activation-clipping`) if given, else the profile's."""
+    return settings.activation_clipping or prepared.profile.activation_clipping
+
+
+def clip(calibrated: Calibrated, settings: Settings, output_dir: Path, progress: Progress | None = None) -> Calibrated:
+    """`calibrated` with activation ranges tightened at the network output (a no-op unless
+    the clipping is `output`); measurements are kept in the phase-1 store of `output_dir`."""
+    prepared = calibrated.prepared
+    if activation_clipping(prepared, settings) is ActivationClipping.TENSOR:
+        return calibrated
+    start = time.perf_counter()
+    context = Phase1Context(
+        prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib, calibrated.reference,
+        settings.batch_size, prepared.profile.quantize_bias,
+    )
+    encodings = clip_activations(
+        context, frozenset(prepared.graph.constants), store=open_store(output_dir, prepared, settings),
+        placement=executor_for(settings.executor, settings.workers, settings.ray_address), progress=progress,
+    )
+    timings = {**calibrated.timings, "clip_s": time.perf_counter() - start}
+    return replace(calibrated, encodings=MappingProxyType(encodings), timings=timings)
 
 
 def decide(
@@ -250,6 +277,7 @@ def quantize(
             raise ModelError(f"nothing to quantize on profile {loaded_profile.name} (--strict): no op has a kernel")
         del model  # a model loaded here lives on in prepared.model only
         calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start, bits=budget.bits)
+        calibrated = clip(calibrated, settings, folder, progress)
         calibrated = adaround(calibrated, settings, folder)
         decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)
         return emit(calibrated, decision, folder, settings=settings)

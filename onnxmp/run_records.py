@@ -19,7 +19,7 @@ import onnx
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.errors import BudgetError
 from onnxmp.graph import DataflowGraph
-from onnxmp.hw_profile import HwProfile, WeightRounding
+from onnxmp.hw_profile import ActivationClipping, HwProfile, WeightRounding
 from onnxmp.latency_spec import CostAxis
 from onnxmp.records import (
     Candidate,
@@ -89,6 +89,7 @@ class Settings:
         modes = ["network" if self.per_network else "group", "measured" if self.measured_loss else "predicted"]
         return f"adaqat ({', '.join(modes)})"
     weight_rounding: WeightRounding | None = None  # None: the profile's (schemes.weights.rounding)
+    activation_clipping: ActivationClipping | None = None  # None: the profile's (schemes.activations.clipping)
 
 
 @dataclass(frozen=True)

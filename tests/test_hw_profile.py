@@ -11,7 +11,7 @@ import pytest
 
 from onnxmp import hw_profile
 from onnxmp.errors import ProfileError
-from onnxmp.hw_profile import WeightRounding
+from onnxmp.hw_profile import ActivationClipping, WeightRounding
 from onnxmp.latency_spec import Dataflow, OrtSpec, SystolicSpec
 from onnxmp.records import Candidate, Granularity
 
@@ -268,6 +268,16 @@ def test_weight_rounding_from_the_profile(tmp_path):
     with pytest.raises(ProfileError) as info:
         hw_profile.load_profile(path)
     assert str(info.value) == f"{path}: schemes.weights.rounding: 'up' (allowed: nearest, adaround)"
+
+
+def test_activation_clipping_from_the_profile(tmp_path):
+    path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + "schemes:\n  activations: {clipping: output}\n")
+    assert hw_profile.load_profile(path).activation_clipping is ActivationClipping.OUTPUT
+    assert hw_profile.load_profile("npu").activation_clipping is ActivationClipping.TENSOR
+    path = _write(tmp_path, "kernels: [W8A8]\n" + OPS + "schemes:\n  activations: {clipping: max}\n")
+    with pytest.raises(ProfileError) as info:
+        hw_profile.load_profile(path)
+    assert str(info.value) == f"{path}: schemes.activations.clipping: 'max' (allowed: tensor, output)"
 
 
 def test_systolic_amed_profile_is_table_1():

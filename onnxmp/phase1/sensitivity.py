@@ -72,8 +72,10 @@ def sensitivity(
     store: ResultStore,
     placement: Placement = Placement(),
     progress: Progress | None = None,
+    kind: str = STORE_KIND,
 ) -> SensitivityTable:
-    """SQNR (dB) of every (group, candidate); finished entries are read back from `store`.
+    """SQNR (dB) of every (group, candidate); finished entries are read back from `store`
+    (entries of `kind`: other measurements of the same shape keep their own kind).
 
     The pending evaluations are split into `placement.jobs` runs of consecutive groups and
     handed to `placement.executor` (default: this process, one job after the other); every
@@ -83,13 +85,13 @@ def sensitivity(
         RunError: an executor returned without some results (e.g. a worker was killed);
             what was measured is in the store, so a rerun resumes.
     """
-    done = stored_results(store)
+    done = stored_results(store, kind)
     tasks = [(g.id, c) for g in context.analysis.groups for c in g.candidates]
     pending = frozenset(t for t in tasks if t not in done)
     logger.info("phase 1: %d evaluations, %d already in %s", len(tasks), len(tasks) - len(pending), store.path)
 
     def consume(result: Phase1Result) -> None:
-        store.append(STORE_KIND, result.to_entry())
+        store.append(kind, result.to_entry())
         done[(result.group, result.candidate)] = result
         if progress is not None:
             progress(len(done), len(tasks), f"{result.group} @ {result.candidate}")
@@ -103,10 +105,10 @@ def sensitivity(
     return SensitivityTable({t: done[t].noise.sqnr_db for t in tasks})
 
 
-def stored_results(store: ResultStore) -> dict[tuple[str, Candidate], Phase1Result]:
+def stored_results(store: ResultStore, kind: str = STORE_KIND) -> dict[tuple[str, Candidate], Phase1Result]:
     """The valid phase-1 results in `store`, by (group, candidate); damaged entries are skipped."""
     stored = {}
-    for entry in store.entries(STORE_KIND):
+    for entry in store.entries(kind):
         result = Phase1Result.from_entry(entry)
         if result is not None:
             stored[(result.group, result.candidate)] = result
