@@ -16,9 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import numpy as np  # noqa: E402
 import stsb  # noqa: E402
 
 from onnxmp import inputs, run_records, steps  # noqa: E402
+from onnxmp.passes.collect_histograms import activation_histograms  # noqa: E402
 from onnxmp.records import Candidate, RangeMethod  # noqa: E402
 
 SHOWN, TOGETHER = 12, (2, 4, 6)
@@ -56,6 +58,12 @@ def main() -> None:
     print(f"\n{len(tensors)} activations; output SQNR with one of them at 16 bits (the {SHOWN} that help most):")
     for db, tensor in alone[:SHOWN]:
         print(f"  {db:6.2f} dB  {tensor}")
+    worst = alone[0][1]
+    counts, edges = activation_histograms(prepared.model, base.calib, [worst], batch_size=16)[worst]
+    seen = np.flatnonzero(counts)
+    enc = base.encodings[(worst, 8)]
+    print(f"{worst}: observed [{edges[seen[0]]:.1f}, {edges[seen[-1] + 1]:.1f}], 8-bit MSE range "
+          f"[{-enc.zero_point[0] * enc.scale[0]:.1f}, {(enc.qmax - enc.zero_point[0]) * enc.scale[0]:.1f}]")
     for k in TOGETHER:
         db, rho = score(at_16([t for _, t in alone[:k]]))
         print(f"the {k} worst at 16 bits together: {db:.2f} dB, Spearman {rho:.2f}")
