@@ -8,6 +8,10 @@ wall and CPU time for every weight tensor at 4 bits and the peak RSS after it, a
 layer-input variants (float network vs quantized prefix) at W4A8.
 
 Run: flock /work/bench.lock python bench/adaround.py [--calib 256] [--val 1300] [--skip-mp] [--inputs both]
+
+`--variants nearest,nearest+bc,adaround,adaround+bc` prints only those W4A8 rows (bias
+correction, README "Bias correction"); AdaRound at 4 bits, inputs from the quantized prefix,
+results cached under the bench cache (a rerun reads them back).
 """
 
 from __future__ import annotations
@@ -46,6 +50,22 @@ def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
     start, cpu = time.perf_counter(), time.process_time()
     rounded = steps.adaround(calibrated, settings, cache / inputs_mode.value, options=options)
     return rounded, time.perf_counter() - start, time.process_time() - cpu
+
+
+VARIANTS = ("nearest", "nearest+bc", "adaround", "adaround+bc")
+
+
+def variants(nearest, settings, names: list[str], cache: Path, score) -> None:
+    """The W4A8 row of each named variant (rounding, with or without bias correction)."""
+    for name in names:
+        rounding = WeightRounding.ADAROUND if name.startswith("adaround") else WeightRounding.NEAREST
+        chosen = replace(settings, weight_rounding=rounding, bias_correction=name.endswith("+bc"))
+        options = replace(steps.ADAROUND, max_bits=4)
+        start, cpu = time.perf_counter(), time.process_time()
+        calibrated = steps.adaround(nearest, chosen, cache / "quantized", options=options)
+        print(f"{name}: {len(calibrated.rounded)} AdaRounded, {len(calibrated.biases)} corrected biases, "
+              f"wall {time.perf_counter() - start:.0f} s, CPU {time.process_time() - cpu:.0f} s (0 if cached)", flush=True)
+        score(calibrated, name)
 
 
 def mixed(calibrated, settings, label: str, images, labels) -> list[tuple]:
@@ -112,6 +132,7 @@ def main() -> None:
     parser.add_argument("--skip-mp", action="store_true")
     parser.add_argument("--inputs", choices=["float", "quantized", "both"], default="both")
     parser.add_argument("--digits", action="store_true", help="the shipped digits CNN instead (no ../shared needed)")
+    parser.add_argument("--variants", help=f"comma-separated W4A8 rows only, of {','.join(VARIANTS)}")
     args = parser.parse_args()
     if args.digits:
         digits()
@@ -133,15 +154,18 @@ def main() -> None:
 
     def score(calibrated, label: str) -> None:
         measured = steps.measured_sqnr(calibrated, w4a8, settings.batch_size)
-        acc = imagenet.top1(steps.simulate(prepared, w4a8, calibrated.encodings, calibrated.rounded), images, labels)
-        rows.append((label, "W4A8", 0.25, float("nan"), measured, acc))
+        qdq = steps.simulate(prepared, w4a8, calibrated.encodings, calibrated.rounded, calibrated.biases)
+        rows.append((label, "W4A8", 0.25, float("nan"), measured, imagenet.top1(qdq, images, labels)))
         print(f"  {rows[-1]}", flush=True)
 
-    score(nearest, "nearest")
+    cache = Path(imagenet.CACHE) / f"adaround-{args.calib}"
+    if args.variants:
+        variants(nearest, settings, args.variants.split(","), cache, score)
+    else:
+        score(nearest, "nearest")
     default = steps.ADAROUND.inputs
     modes = [AdaRoundInputs(args.inputs)] if args.inputs != "both" else [default, *(m for m in AdaRoundInputs if m is not default)]
-    cache = Path(imagenet.CACHE) / f"adaround-{args.calib}"
-    for k, mode in enumerate(modes):  # the default variant first, with the MP points; then the other at W4A8
+    for k, mode in enumerate(modes if not args.variants else []):  # the default variant first, with the MP points; then the other at W4A8
         rounded, wall, cpu = adaround(nearest, settings, mode, cache)
         print(f"AdaRound ({mode.value} inputs), {len(rounded.rounded)} weight tensors at 4 bits: "
               f"wall {wall:.0f} s, CPU {cpu:.0f} s (0 if cached), peak RSS {peak_rss_mib():.0f} MiB", flush=True)

@@ -77,6 +77,8 @@ def run_options(command):
         click.option("--activation-clipping", type=click.Choice([c.value for c in ActivationClipping]),
                      help="tensor (MSE of the tensor), or output (ranges <= 8 bits tightened by the "
                           "network-output SQNR, one phase-1-like pass) [default: the profile's]."),
+        click.option("--bias-correction/--no-bias-correction", default=None,
+                     help="Fold each layer's mean output error into its bias [default: the profile's]."),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
         click.option("--strategy", type=click.Choice([m.value for m in Strategy]), default="greedy", show_default=True,
                      help="Phase-2 strategy that builds the curve."),
@@ -125,6 +127,7 @@ class RunOptions:
     range_method: str
     weight_rounding: str | None
     activation_clipping: str | None
+    bias_correction: bool | None
     search: str
     strategy: str
     batch_size: int
@@ -150,6 +153,7 @@ class RunOptions:
             per_network=self.adaqat_mode == "network", measured_loss=self.adaqat_loss == "measured",
             weight_rounding=WeightRounding(self.weight_rounding) if self.weight_rounding else None,
             activation_clipping=ActivationClipping(self.activation_clipping) if self.activation_clipping else None,
+            bias_correction=self.bias_correction,
             cost=CostAxis(self.cost), amed_samples=self.amed_samples,
         )
 

@@ -17,7 +17,7 @@ from onnxmp.passes.bake_weights import bake_weights
 from onnxmp.passes.insert_qdq import WeightStorage, insert_quantizers
 from onnxmp.phase1.measure import measure
 from onnxmp.run_records import Calibrated, Decision, Result, Settings
-from onnxmp.steps import quantizers
+from onnxmp.steps import biased_model, quantizers
 
 # every file a run may write (models' weights go to .data beyond 2 GB); the store is not one
 OUTPUT_FILES = (
@@ -37,14 +37,16 @@ def _write_outputs(calibrated: Calibrated, decision: Decision, output_dir: Path,
     from onnxmp import report
 
     prepared = calibrated.prepared
-    chosen = quantizers(prepared, decision.plan, calibrated.encodings, calibrated.rounded)
-    qdq = insert_quantizers(prepared.model, chosen, weights=WeightStorage.INTEGER)
+    chosen = quantizers(prepared, decision.plan, calibrated.encodings, calibrated.rounded, calibrated.biases)
+    model = biased_model(prepared, decision.plan, calibrated.biases)
+    qdq = insert_quantizers(model, chosen, weights=WeightStorage.INTEGER)
     paths = {"model": model_io.save(qdq, output_dir / "model.qdq.onnx")}
     decision = _with_deployed_sqnr(decision, calibrated, paths["model"], settings.batch_size)
-    if chosen.integers:  # AIMET's AdaRound export: weights on their grid points + frozen encodings
-        paths["adarounded"] = model_io.save(bake_weights(prepared.model, quantizers=chosen), output_dir / "model.adarounded.onnx")
+    if chosen.integers or model is not prepared.model:  # AIMET's AdaRound export: weights on their grid
+        # points (and corrected biases) + frozen encodings
+        paths["adarounded"] = model_io.save(bake_weights(model, quantizers=chosen), output_dir / "model.adarounded.onnx")
     user_set, absent = encodings_format.user_named(
-        prepared.original, prepared.model, {**chosen.weights, **chosen.biases}, chosen.activations
+        prepared.original, model, {**chosen.weights, **chosen.biases}, chosen.activations
     )
     paths["encodings"] = model_io.write_text(
         encodings_format.to_json(user_set, version=settings.encodings_version), output_dir / "encodings.json"

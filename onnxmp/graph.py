@@ -25,6 +25,8 @@ ATTR_TRANS_B = "transB"
 ATTR_AXIS = "axis"
 ATTR_EPSILON = "epsilon"
 ATTR_MODE = "mode"
+ATTR_ALPHA = "alpha"
+ATTR_BETA = "beta"
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
 
 

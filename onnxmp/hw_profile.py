@@ -30,7 +30,8 @@ MIN_BITS, MAX_BITS = 2, 16
 _TOP_KEYS = {"name", "description", "kernels", "ops", "op_kernels", "schemes", "latency"}
 _OPS_KEYS = {"quantized", "passthrough"}
 _SCHEME_KEYS = {
-    "weights": {"granularity", "symmetric", "rounding"}, "activations": {"granularity", "symmetric", "clipping"}, "bias": {"quantize"},
+    "weights": {"granularity", "symmetric", "rounding", "bias_correction"}, "activations": {"granularity", "symmetric", "clipping"},
+    "bias": {"quantize"},
     "embeddings": {"bits", "granularity"},
 }
 
@@ -74,6 +75,7 @@ class HwProfile:
     quantize_bias: bool = False
     weight_rounding: WeightRounding = WeightRounding.NEAREST  # schemes.weights.rounding
     activation_clipping: ActivationClipping = ActivationClipping.TENSOR  # schemes.activations.clipping
+    bias_correction: bool = False  # schemes.weights.bias_correction
     embeddings: WeightOnly | None = None
     description: str = ""
     fingerprint: str = ""
@@ -161,6 +163,7 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         activation_clipping=_choice(
             ActivationClipping, activations, "schemes.activations.clipping", ActivationClipping.TENSOR, where
         ),
+        bias_correction=_bool(weights, "bias_correction", False, f"{where}: schemes.weights.bias_correction"),
         embeddings=_embeddings(schemes["embeddings"], where),
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,

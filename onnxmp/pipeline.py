@@ -108,7 +108,7 @@ def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, prog
         raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run quantize first")
     context = Phase1Context(
         prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib, calibrated.reference,
-        settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded,
+        settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded, calibrated.biases,
     )
     placement = executor_for(settings.executor, settings.workers, settings.ray_address)
     return sensitivity(context, store=store, placement=placement, progress=progress)
@@ -151,7 +151,7 @@ def _select(
 
     def score_at(i: int) -> float:
         assert evaluate is not None  # Budget.check: max_drop comes with an evaluation
-        scores[i] = evaluate(simulate(calibrated.prepared, curve[i].plan, calibrated.encodings, calibrated.rounded))
+        scores[i] = evaluate(simulate(calibrated.prepared, curve[i].plan, calibrated.encodings, calibrated.rounded, calibrated.biases))
         return scores[i]
 
     if budget.target_bops is not None:

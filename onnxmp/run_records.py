@@ -90,6 +90,7 @@ class Settings:
         return f"adaqat ({', '.join(modes)})"
     weight_rounding: WeightRounding | None = None  # None: the profile's (schemes.weights.rounding)
     activation_clipping: ActivationClipping | None = None  # None: the profile's (schemes.activations.clipping)
+    bias_correction: bool | None = None  # None: the profile's (schemes.weights.bias_correction)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ class Calibrated:
     timings: Mapping[str, float] = field(default_factory=dict)  # prepare_s, calibrate_s, adaround_s
     # (weight, bits) -> AdaRounded integers; every configuration stitches in its own widths
     rounded: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    # (weight, bits) -> the corrected bias of its layer (bias correction), stitched the same way
+    biases: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

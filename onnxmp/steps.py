@@ -26,10 +26,11 @@ from onnxmp.latency_spec import SystolicSpec
 from onnxmp.passes import CANONICALIZE
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.check_canonical import check_canonical
+from onnxmp.passes.correct_biases import Biases, biases_for, with_biases
 from onnxmp.passes.insert_qdq import Rounded, WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_ops
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.passes.round_weights import RoundingOptions, round_weights
+from onnxmp.passes.round_weights import LayerRounding, RoundingOptions, round_layers
 from onnxmp.phase1.measure import measure, reference_outputs
 from onnxmp.phase1.ort_latency import measure_groups
 from onnxmp.records import Candidate, GroupAnalysis, ParetoPoint, Plan, SensitivityTable
@@ -164,17 +165,23 @@ def point_of(plan: Plan, prepared: Prepared, table: SensitivityTable | None) -> 
     return ParetoPoint(rel, predicted, plan)
 
 
-def simulate(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None) -> onnx.ModelProto:
+def simulate(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None, biases: Biases | None = None) -> onnx.ModelProto:
     """The QDQ model of `plan` as phase 1 measures it (fake-quantized float weights; the
-    `rounded` integers of the plan's weight widths where given, i.e. AdaRound)."""
-    return insert_quantizers(prepared.model, quantizers(prepared, plan, encodings, rounded), weights=WeightStorage.FAKE_FLOAT)
+    `rounded` integers and corrected `biases` of the plan's weight widths where given)."""
+    chosen = quantizers(prepared, plan, encodings, rounded, biases)
+    return insert_quantizers(biased_model(prepared, plan, biases), chosen, weights=WeightStorage.FAKE_FLOAT)
 
 
-def quantizers(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None) -> EncodingSet:
-    """Every quantizer `plan` puts in the model: what is simulated is what is emitted."""
+def biased_model(prepared: Prepared, plan: Plan, biases: Biases | None) -> onnx.ModelProto:
+    """The canonical model with the corrected biases of `plan`'s weight widths."""
+    return with_biases(prepared.model, biases_for(prepared.analysis, plan, biases or {}))
+
+
+def quantizers(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None, biases: Biases | None = None) -> EncodingSet:
+    """Every quantizer `plan` puts in the model (int32 biases: the corrected ones): what is simulated is emitted."""
     return quantizers_for(
-        prepared.model, prepared.analysis, plan, encodings, quantize_bias=prepared.profile.quantize_bias,
-        rounded=rounded, table_bits=table_bits(prepared.profile),
+        biased_model(prepared, plan, biases), prepared.analysis, plan, encodings,
+        quantize_bias=prepared.profile.quantize_bias, rounded=rounded, table_bits=table_bits(prepared.profile),
     )
 
 
@@ -185,7 +192,7 @@ def table_bits(profile: HwProfile) -> int | None:
 
 def measured_sqnr(calibrated: Calibrated, plan: Plan, batch_size: int) -> float:
     """True output SQNR of `plan` over the calibration data."""
-    qdq = simulate(calibrated.prepared, plan, calibrated.encodings, calibrated.rounded)
+    qdq = simulate(calibrated.prepared, plan, calibrated.encodings, calibrated.rounded, calibrated.biases)
     return measure(qdq, calibrated.calib, calibrated.reference, batch_size=batch_size).sqnr_db
 
 
@@ -207,44 +214,53 @@ def weight_rounding(prepared: Prepared, settings: Settings) -> WeightRounding:
     return settings.weight_rounding or prepared.profile.weight_rounding
 
 
+def bias_correction(prepared: Prepared, settings: Settings) -> bool:
+    """Whether the run corrects biases: the setting (`--bias-correction`) if given, else the profile's."""
+    return settings.bias_correction if settings.bias_correction is not None else prepared.profile.bias_correction
+
+
 def adaround_key(prepared: Prepared, settings: Settings) -> str:
-    """What the phase-1 store key must know of the rounding (its results depend on it)."""
-    if weight_rounding(prepared, settings) is WeightRounding.NEAREST:
-        return WeightRounding.NEAREST.value
-    return f"{WeightRounding.ADAROUND.value}:{ADAROUND!r}:seed={settings.seed}"
+    """What the phase-1 store key must know of the rounding and bias correction (its results depend on them)."""
+    rounding, corrected = weight_rounding(prepared, settings), bias_correction(prepared, settings)
+    if rounding is WeightRounding.NEAREST and not corrected:
+        return rounding.value
+    return f"{rounding.value}{':bias_correction' if corrected else ''}:{ADAROUND!r}:seed={settings.seed}"
 
 
 def adaround(
     calibrated: Calibrated, settings: Settings, output_dir: Path | None, *,
     options: RoundingOptions = ADAROUND, progress: Callable[[int, int, str], None] | None = None,
 ) -> Calibrated:
-    """`calibrated` with AdaRounded integers for every (weight, bits) up to ADAROUND.max_bits.
-
-    A no-op with nearest rounding. Results are kept in `output_dir/adaround.jsonl`, so a
-    rerun or `onnxmp search` in the same folder reads them back.
-    """
+    """`calibrated` with AdaRounded integers and/or corrected biases for every (weight, bits)
+    up to ADAROUND.max_bits; a no-op with neither. Results are kept in `output_dir/adaround.jsonl`,
+    so a rerun or `onnxmp search` in the same folder reads them back."""
     prepared = calibrated.prepared
-    if weight_rounding(prepared, settings) is WeightRounding.NEAREST:
+    learn = weight_rounding(prepared, settings) is WeightRounding.ADAROUND
+    if not learn and not bias_correction(prepared, settings):
         return calibrated
     start = time.perf_counter()
     store = None
     if output_dir is not None:
         key = run_key(model=prepared.fingerprints["model"], calibration=prepared.fingerprints["calibration"])
         store = ResultStore(Path(output_dir) / ADAROUND_STORE, key)
-    options = replace(options, grams=replace(options.grams, seed=settings.seed))
+    options = replace(options, grams=replace(options.grams, seed=settings.seed), adaround=learn,
+                      bias_correction=bias_correction(prepared, settings))
     rounded: dict[tuple[str, int], np.ndarray] = {}
+    biases: dict[tuple[str, int], np.ndarray] = {}
     for bits in sorted({b for (name, b) in calibrated.encodings if prepared.graph.is_constant(name)}):
         encodings = {k: e for k, e in calibrated.encodings.items() if k[1] == bits}
         plan = width_plan(prepared, bits)
 
-        def network(done, plan=plan):
-            return simulate(prepared, plan, calibrated.encodings, done)
+        def network(done: LayerRounding, plan=plan):
+            return simulate(prepared, plan, calibrated.encodings, done.integers, done.biases)
 
-        rounded.update(round_weights(
+        chosen = round_layers(
             prepared.model, encodings, calibrated.calib, options=options, store=store, quantized=network, progress=progress,
-        ))
+        )
+        rounded.update(chosen.integers)
+        biases.update(chosen.biases)
     timings = {**calibrated.timings, "adaround_s": time.perf_counter() - start}
-    return replace(calibrated, rounded=rounded, timings=timings)
+    return replace(calibrated, rounded=rounded, biases=biases, timings=timings)
 
 
 def width_plan(prepared: Prepared, w_bits: int) -> Plan:

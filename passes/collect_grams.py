@@ -1,7 +1,7 @@
 """The Gram matrices of layer inputs over the calibration data, streamed batch by batch.
 
 Why: AdaRound needs a layer's inputs only through G = X X^T (and, with inputs from the
-quantized network, X_f X_q^T), so they are accumulated from ONNX Runtime's values of each
+quantized network, X_f X_q^T), and bias correction only through their means, so they are accumulated from ONNX Runtime's values of each
 layer input, batch by batch, on a seeded subsample of output positions (`layer_inputs.unfold`):
 memory holds one batch and G's cost does not grow with the image size. Only the prefix of the
 network that computes the wanted inputs is run.
@@ -25,6 +25,18 @@ from onnxmp.passes.layer_inputs import LinearLayout, unfold
 
 
 @dataclass(frozen=True)
+class InputStats:
+    """What one layer's sampled input rows give: second moments (per group, [groups, K, K])
+    and means ([groups, K]); `*_f` pair the float inputs with the quantized ones (None, or
+    the same as `mean_x`, when the inputs are the float network's)."""
+
+    g_xx: np.ndarray
+    g_fx: np.ndarray | None
+    mean_x: np.ndarray
+    mean_f: np.ndarray
+
+
+@dataclass(frozen=True)
 class GramSettings:
     """How layer inputs are sampled; part of the AdaRound cache key."""
 
@@ -40,8 +52,8 @@ def layer_grams(
     settings: GramSettings,
     *,
     quantized: onnx.ModelProto | None = None,
-) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """Per weight, (G_xx, G_fx) averaged over the sampled rows; G_fx is None without `quantized`.
+) -> dict[str, InputStats]:
+    """Per weight, G_xx, G_fx and the means, averaged over the sampled rows; G_fx is None without `quantized`.
 
     x are the float layer inputs of `model`, or of `quantized` when given (the same rows of
     both models are taken, so G_fx = X_f X_q^T / rows pairs float and quantized values).
@@ -53,7 +65,7 @@ def layer_grams(
         reads = {node.name: node.input[0] for node in quantized.graph.node}
         q_names = {layout.input: reads[layout.node] for layout in layouts}
         quant_sess = _prefix_session(quantized, sorted(set(q_names.values())))
-    sums: dict[str, list[Any]] = {layout.weight: [0.0, 0.0 if quantized is not None else None, 0] for layout in layouts}
+    sums: dict[str, list[Any]] = {layout.weight: [0.0, 0.0 if quantized is not None else None, 0, 0.0, 0.0] for layout in layouts}
     for start, feeds in zip(range(0, calib.num_samples, settings.batch_size), calib.batches(settings.batch_size), strict=True):
         values = _run(float_sess, names, feeds)
         q_values = None
@@ -66,7 +78,7 @@ def layer_grams(
             rows_x = rows_f if q_values is None else unfold(
                 q_values[layout.input], layout, settings.positions, np.random.default_rng(seed))
             _accumulate(sums[layout.weight], rows_f, rows_x)
-    return {w: (s[0] / s[2], None if s[1] is None else s[1] / s[2]) for w, s in sums.items()}
+    return {w: InputStats(s[0] / s[2], None if s[1] is None else s[1] / s[2], s[3] / s[2], s[4] / s[2]) for w, s in sums.items()}
 
 
 def _prefix_session(model: onnx.ModelProto, tensors: Sequence[str]) -> runtime.Session:
@@ -96,9 +108,11 @@ def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelPr
 
 
 def _accumulate(total: list[Any], rows_f: np.ndarray, rows_x: np.ndarray) -> None:
-    """Add X^T X (and X_f^T X_x) of one batch's rows, per group, in float64."""
+    """Add X^T X (and X_f^T X_x) and the row sums of one batch's rows, per group, in float64."""
     xt = rows_x.transpose(1, 2, 0).astype(np.float64)  # [groups, K, M]
     total[0] = total[0] + np.matmul(xt, xt.transpose(0, 2, 1))
     if total[1] is not None:
         total[1] = total[1] + np.matmul(rows_f.transpose(1, 2, 0).astype(np.float64), xt.transpose(0, 2, 1))
     total[2] += rows_x.shape[0]
+    total[3] = total[3] + rows_x.sum(axis=0, dtype=np.float64)
+    total[4] = total[4] + rows_f.sum(axis=0, dtype=np.float64)

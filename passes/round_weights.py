@@ -12,6 +12,11 @@ Rule cases:
    above `max_bits` stay at nearest rounding (they are absent from the result).
 2. The Gram matrices of all layer inputs come from one streaming pass over the
    calibration data, only for weights not already in the store.
+3. With `bias_correction`, the same pass's input means give each (weight, bits) the
+   corrected bias of its layer (`correct_biases`), for the integers just chosen; with
+   quantized inputs the prefix network carries the corrected biases of the layers before.
+   `adaround=False` keeps the integers at nearest (only the biases are computed and
+   returned): nearest rounding with bias correction.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import onnx
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, build
 from onnxmp.passes.adaround import AdaRoundParams, LayerProblem, adaround, gram_factor, output_error
-from onnxmp.passes.collect_grams import GramSettings, layer_grams
+from onnxmp.passes.collect_grams import GramSettings, InputStats, layer_grams
+from onnxmp.passes.correct_biases import Biases, corrected_bias, layer_bias, why_not_correctable
 from onnxmp.passes.layer_inputs import (
     LinearLayout,
     from_matrices,
@@ -50,7 +56,17 @@ logger = logging.getLogger(__name__)
 STORE_KIND = "adaround"
 RoundedWeights = Mapping[tuple[str, int], np.ndarray]  # (weight, bits) -> integers, weight's shape
 Progress = Callable[[int, int, str], None]
-QuantizedNetwork = Callable[[RoundedWeights], onnx.ModelProto]  # the network with these integers
+
+
+@dataclass(frozen=True)
+class LayerRounding:
+    """What rounding chose per (weight, bits): AdaRounded integers and corrected biases."""
+
+    integers: RoundedWeights = field(default_factory=dict)
+    biases: Biases = field(default_factory=dict)
+
+
+QuantizedNetwork = Callable[[LayerRounding], onnx.ModelProto]  # the network with these integers and biases
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,8 @@ class RoundingOptions:
     grams: GramSettings = field(default_factory=GramSettings)
     max_bits: int = 6  # wider weights stay at nearest rounding
     inputs: AdaRoundInputs = AdaRoundInputs.QUANTIZED  # measured: README "AdaRound"
+    adaround: bool = True  # False: nearest integers (for bias correction alone)
+    bias_correction: bool = False  # README "Bias correction"
 
 
 def round_weights(
@@ -73,7 +91,22 @@ def round_weights(
     quantized: QuantizedNetwork | None = None,
     progress: Progress | None = None,
 ) -> RoundedWeights:
-    """AdaRounded integers of every roundable (weight, bits) in `encodings`.
+    """The AdaRounded integers of `round_layers` (see there)."""
+    return round_layers(model, encodings, calib, options=options, store=store, quantized=quantized, progress=progress).integers
+
+
+def round_layers(
+    model: onnx.ModelProto,
+    encodings: Mapping[tuple[str, int], TensorEncoding],
+    calib: CalibrationSet,
+    *,
+    options: RoundingOptions = RoundingOptions(),
+    store: ResultStore | None = None,
+    quantized: QuantizedNetwork | None = None,
+    progress: Progress | None = None,
+) -> LayerRounding:
+    """AdaRounded integers (and with `options.bias_correction` corrected biases) of every
+    roundable (weight, bits) in `encodings`.
 
     With `options.inputs` QUANTIZED, layers are rounded one after the other in graph order,
     each reconstructing its float output from its inputs in `quantized(rounded so far)`,
@@ -81,13 +114,13 @@ def round_weights(
     prefix per layer).
     """
     graph = build(model)
-    tasks = _tasks(graph, encodings, options.max_bits)
+    tasks = _tasks(graph, encodings, options)
     data = calib.fingerprint()
     ids = {t: _result_id(graph, encodings[t], options, data) for t in tasks}
     done = {e["id"]: e for e in store.entries(STORE_KIND)} if store is not None else {}
-    result = {t: _decode(done[ids[t]]) for t in tasks if ids[t] in done}
-    pending = [t for t in tasks if t not in result]
-    logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(result))
+    entries = {t: done[ids[t]] for t in tasks if ids[t] in done and (not options.bias_correction or "bias" in done[ids[t]])}
+    pending = [t for t in tasks if t not in entries]
+    logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(entries))
     if pending:
         layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
         if options.inputs is AdaRoundInputs.FLOAT:
@@ -95,29 +128,59 @@ def round_weights(
         else:  # layer by layer, each on the inputs of the network rounded so far
             rounds = [[layouts[w]] for w in sorted(layouts, key=lambda w: graph.index(layouts[w].node))]
         for layer_round in rounds:
-            use = None if quantized is None or options.inputs is AdaRoundInputs.FLOAT else quantized(result)
+            use = None
+            if quantized is not None and options.inputs is AdaRoundInputs.QUANTIZED:
+                use = quantized(_rounding(entries, options))
             grams = layer_grams(model, layer_round, calib, options.grams, quantized=use)
             for weight, bits in [t for t in pending if t[0] in grams]:
                 start = time.perf_counter()
-                entry = solve(graph.constant(weight), layouts[weight], encodings[(weight, bits)], grams[weight], options.params)
+                entry = _solve_layer(graph, layouts[weight], encodings[(weight, bits)], grams[weight], options)
                 entry.update(id=ids[(weight, bits)], weight=weight, bits=bits, seconds=round(time.perf_counter() - start, 3))
                 if store is not None:
                     store.append(STORE_KIND, entry)
-                result[(weight, bits)] = _decode(entry)
+                entries[(weight, bits)] = entry
                 logger.info("adaround %d/%d %s @ %d bits: layer error %.3g -> %.3g (nearest -> adaround), %.1f s",
-                            len(result), len(tasks), weight, bits, entry["error_nearest"], entry["error_adaround"],
+                            len(entries), len(tasks), weight, bits, entry["error_nearest"], entry["error_adaround"],
                             entry["seconds"])
                 if progress is not None:
-                    progress(len(result), len(tasks), f"{weight} @ {bits} bits")
-    return MappingProxyType({t: result[t] for t in tasks})
+                    progress(len(entries), len(tasks), f"{weight} @ {bits} bits")
+    return _rounding({t: entries[t] for t in tasks}, options)
 
 
-def _tasks(graph: DataflowGraph, encodings: Mapping[tuple[str, int], TensorEncoding], max_bits: int) -> list[tuple[str, int]]:
+def _rounding(entries: Mapping[tuple[str, int], Mapping[str, Any]], options: RoundingOptions) -> LayerRounding:
+    """The integers (AdaRound only) and corrected biases the store entries hold."""
+    integers = {t: _decode(e) for t, e in entries.items()} if options.adaround else {}
+    biases = {t: _decode_bias(e) for t, e in entries.items() if "bias" in e} if options.bias_correction else {}
+    return LayerRounding(MappingProxyType(integers), MappingProxyType(biases))
+
+
+def _solve_layer(
+    graph: DataflowGraph, layout: LinearLayout, enc: TensorEncoding, stats: InputStats, options: RoundingOptions
+) -> dict[str, Any]:
+    """The store entry of one (weight, bits): AdaRound (or nearest) integers, and the corrected bias."""
+    w = graph.constant(layout.weight)
+    if options.adaround:
+        entry = solve(w, layout, enc, stats, options.params)
+    else:
+        scale = scale_array(enc.scale, enc.axis, w.shape)
+        entry = _entry(np.clip(np.round(w / scale), enc.qmin, enc.qmax), enc, nan=float("nan"))
+    if options.bias_correction and why_not_correctable(graph, layout) is None:
+        w_q = _decode(entry) * scale_array(enc.scale, enc.axis, w.shape)
+        bias = corrected_bias(w, w_q, layout, stats, layer_bias(graph, layout))
+        entry["bias"] = base64.b64encode(bias.astype(np.float32).tobytes()).decode()
+    return entry
+
+
+def _tasks(
+    graph: DataflowGraph, encodings: Mapping[tuple[str, int], TensorEncoding], options: RoundingOptions
+) -> list[tuple[str, int]]:
     tasks = []
     for (name, bits), enc in encodings.items():
-        if not graph.is_constant(name) or bits > max_bits or not enc.signed:
+        if not graph.is_constant(name) or bits > options.max_bits or not enc.signed:
             continue
         reason = why_not_linear(graph, name)
+        if reason is None and not options.adaround:  # bias correction alone
+            reason = why_not_correctable(graph, layout_of(graph, name))
         if reason is not None:
             logger.debug("adaround: %s stays at nearest rounding: %s", name, reason)
             continue
@@ -125,30 +188,38 @@ def _tasks(graph: DataflowGraph, encodings: Mapping[tuple[str, int], TensorEncod
     return tasks
 
 
-def solve(
-    w: np.ndarray, layout: LinearLayout, enc: TensorEncoding, gram: tuple[np.ndarray, np.ndarray | None],
-    params: AdaRoundParams,
-) -> dict[str, Any]:
+def solve(w: np.ndarray, layout: LinearLayout, enc: TensorEncoding, stats: InputStats, params: AdaRoundParams) -> dict[str, Any]:
     """AdaRound one (weight, bits); a store entry with the integers and both output errors."""
     matrices = to_matrices(w.astype(np.float32), layout)
     scale = to_matrices(scale_array(enc.scale, enc.axis, w.shape), layout)
-    g_xx, g_fx = gram
+    g_xx, g_fx = stats.g_xx, stats.g_fx
     target = None if g_fx is None else np.matmul(matrices.astype(np.float64), g_fx - g_xx).astype(np.float32)
     factor = gram_factor(g_xx, params.energy)
     problem = LayerProblem(matrices, scale, enc.qmin, enc.qmax, factor, target, is_gram=factor.shape == g_xx.shape)
     q, _ = adaround(problem, params)
     nearest = np.clip(np.round(matrices / scale), enc.qmin, enc.qmax)
-    integers = from_matrices(q, layout, w.shape).astype(np.int8 if enc.bits <= 8 else np.int16)
+    entry = _entry(from_matrices(q, layout, w.shape), enc, nan=output_error(nearest, problem))
+    entry["error_adaround"] = output_error(q, problem)
+    return entry
+
+
+def _entry(q: np.ndarray, enc: TensorEncoding, *, nan: float) -> dict[str, Any]:
+    """A store entry holding integers `q` (weight's shape); `nan` is the nearest output error."""
+    integers = q.astype(np.int8 if enc.bits <= 8 else np.int16)
     return {
-        "shape": list(w.shape), "dtype": integers.dtype.name,
+        "shape": list(q.shape), "dtype": integers.dtype.name,
         "integers": base64.b64encode(integers.tobytes()).decode(),
-        "error_nearest": output_error(nearest, problem), "error_adaround": output_error(q, problem),
+        "error_nearest": nan, "error_adaround": nan,
     }
 
 
 def _decode(entry: Mapping[str, Any]) -> np.ndarray:
     data = base64.b64decode(entry["integers"])
     return np.frombuffer(data, np.dtype(entry["dtype"])).reshape(entry["shape"]).astype(np.int64)  # type: ignore[no-any-return]
+
+
+def _decode_bias(entry: Mapping[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(entry["bias"]), np.float32).copy()
 
 
 def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptions, data: str) -> str:
@@ -160,5 +231,7 @@ def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptio
         "qrange": [enc.qmin, enc.qmax], "data": data, "params": asdict(options.params),
         "grams": asdict(options.grams), "inputs": options.inputs.value,
     }
+    if options.bias_correction or not options.adaround:  # (ids of plain AdaRound unchanged: stores stay valid)
+        facts.update(bias_correction=options.bias_correction, adaround=options.adaround)
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return digest.hexdigest()

@@ -19,6 +19,7 @@ import numpy as np
 from onnxmp import model_io
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, build
+from onnxmp.passes.correct_biases import biases_for, with_biases
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
 from onnxmp.phase1.frontier_walk import DEFAULT_BUDGET_BYTES, FrontierWalk
@@ -50,6 +51,7 @@ class Phase1Job:
     threads: int | None = None
     frontier_budget_bytes: int = DEFAULT_BUDGET_BYTES
     rounded: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)  # AdaRounded integers
+    biases: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)  # corrected biases
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,9 @@ def run_job(job: Phase1Job) -> Iterator[Phase1Result]:
         suffix = subgraph(model, index, nodes, cut, outputs)
         for candidate in candidates:
             start = time.perf_counter()
+            plan = Plan({group.id: candidate})
             quantized = insert_qdq(
-                suffix, analysis=analysis, plan=Plan({group.id: candidate}), encodings=job.encodings,
+                with_biases(suffix, biases_for(analysis, plan, job.biases)), analysis=analysis, plan=plan, encodings=job.encodings,
                 weights=WeightStorage.FAKE_FLOAT, quantize_bias=job.quantize_bias, rounded=job.rounded,
             )
             noise = measure_chunks(quantized, walk.chunks(step), job.reference, signal, threads=job.threads)

@@ -50,6 +50,7 @@ class Phase1Context:
     batch_size: int = 16
     quantize_bias: bool = False
     rounded: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)  # AdaRounded integers
+    biases: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)  # corrected biases
 
 
 def context_for(
@@ -129,7 +130,7 @@ def split_jobs(
             encodings=dict(context.encodings), inputs=context.calib, reference=context.reference,
             pending=frozenset((g.id, c) for g in chunk for c in g.candidates if (g.id, c) in pending),
             batch_size=context.batch_size, quantize_bias=context.quantize_bias, threads=placement.threads,
-            rounded=dict(context.rounded),
+            rounded=dict(context.rounded), biases=dict(context.biases),
         )
         for chunk in chunks if chunk
     ]
