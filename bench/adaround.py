@@ -52,17 +52,21 @@ def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
     return rounded, time.perf_counter() - start, time.process_time() - cpu
 
 
-VARIANTS = ("nearest", "nearest+bc", "adaround", "adaround+bc")
+VARIANTS = ("nearest", "nearest+bc", "adaround", "adaround+bc", "nearest+oa", "nearest+oa+bc", "adaround+oa",
+            "adaround+oa+bc")  # each may end in @float: layer inputs from the float network
 
 
 def variants(nearest, settings, names: list[str], cache: Path, score) -> None:
-    """The W4A8 row of each named variant (rounding, with or without bias correction)."""
+    """The W4A8 row of each named variant: rounding, bias correction (+bc), output-aware range (+oa)."""
     for name in names:
-        rounding = WeightRounding.ADAROUND if name.startswith("adaround") else WeightRounding.NEAREST
-        chosen = replace(settings, weight_rounding=rounding, bias_correction=name.endswith("+bc"))
-        options = replace(steps.ADAROUND, max_bits=4)
+        base, _, mode = name.partition("@")
+        parts = base.split("+")
+        rounding = WeightRounding.ADAROUND if parts[0] == "adaround" else WeightRounding.NEAREST
+        chosen = replace(settings, weight_rounding=rounding, bias_correction="bc" in parts, output_range="oa" in parts)
+        inputs_mode = AdaRoundInputs(mode or "quantized")
+        options = replace(steps.ADAROUND, max_bits=4, inputs=inputs_mode)
         start, cpu = time.perf_counter(), time.process_time()
-        calibrated = steps.adaround(nearest, chosen, cache / "quantized", options=options)
+        calibrated = steps.adaround(nearest, chosen, cache / inputs_mode.value, options=options)
         print(f"{name}: {len(calibrated.rounded)} AdaRounded, {len(calibrated.biases)} corrected biases, "
               f"wall {time.perf_counter() - start:.0f} s, CPU {time.process_time() - cpu:.0f} s (0 if cached)", flush=True)
         score(calibrated, name)

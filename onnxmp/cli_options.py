@@ -79,6 +79,8 @@ def run_options(command):
                           "network-output SQNR, one phase-1-like pass) [default: the profile's]."),
         click.option("--bias-correction/--no-bias-correction", default=None,
                      help="Fold each layer's mean output error into its bias [default: the profile's]."),
+        click.option("--output-aware-range", "output_range", is_flag=True,
+                     help="Choose weight scales by the layer-output error instead of the weight MSE."),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
         click.option("--strategy", type=click.Choice([m.value for m in Strategy]), default="greedy", show_default=True,
                      help="Phase-2 strategy that builds the curve."),
@@ -128,6 +130,7 @@ class RunOptions:
     weight_rounding: str | None
     activation_clipping: str | None
     bias_correction: bool | None
+    output_range: bool
     search: str
     strategy: str
     batch_size: int
@@ -153,7 +156,7 @@ class RunOptions:
             per_network=self.adaqat_mode == "network", measured_loss=self.adaqat_loss == "measured",
             weight_rounding=WeightRounding(self.weight_rounding) if self.weight_rounding else None,
             activation_clipping=ActivationClipping(self.activation_clipping) if self.activation_clipping else None,
-            bias_correction=self.bias_correction,
+            bias_correction=self.bias_correction, output_range=self.output_range,
             cost=CostAxis(self.cost), amed_samples=self.amed_samples,
         )
 

@@ -91,6 +91,7 @@ class Settings:
     weight_rounding: WeightRounding | None = None  # None: the profile's (schemes.weights.rounding)
     activation_clipping: ActivationClipping | None = None  # None: the profile's (schemes.activations.clipping)
     bias_correction: bool | None = None  # None: the profile's (schemes.weights.bias_correction)
+    output_range: bool = False  # weight scales chosen by the layer-output error (README "Bias correction")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from onnxmp import bops, calib_data, graph, model_io
@@ -30,7 +29,7 @@ from onnxmp.passes.correct_biases import Biases, biases_for, with_biases
 from onnxmp.passes.insert_qdq import Rounded, WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_ops
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.passes.round_weights import LayerRounding, RoundingOptions, round_layers
+from onnxmp.passes.round_weights import LayerRounding, RoundingOptions, round_layers, with_scales
 from onnxmp.phase1.measure import measure, reference_outputs
 from onnxmp.phase1.ort_latency import measure_groups
 from onnxmp.records import Candidate, GroupAnalysis, ParetoPoint, Plan, SensitivityTable
@@ -222,9 +221,10 @@ def bias_correction(prepared: Prepared, settings: Settings) -> bool:
 def adaround_key(prepared: Prepared, settings: Settings) -> str:
     """What the phase-1 store key must know of the rounding and bias correction (its results depend on them)."""
     rounding, corrected = weight_rounding(prepared, settings), bias_correction(prepared, settings)
-    if rounding is WeightRounding.NEAREST and not corrected:
+    if rounding is WeightRounding.NEAREST and not corrected and not settings.output_range:
         return rounding.value
-    return f"{rounding.value}{':bias_correction' if corrected else ''}:{ADAROUND!r}:seed={settings.seed}"
+    extra = (":bias_correction" if corrected else "") + (":output_range" if settings.output_range else "")
+    return f"{rounding.value}{extra}:{ADAROUND!r}:seed={settings.seed}"
 
 
 def adaround(
@@ -236,7 +236,7 @@ def adaround(
     so a rerun or `onnxmp search` in the same folder reads them back."""
     prepared = calibrated.prepared
     learn = weight_rounding(prepared, settings) is WeightRounding.ADAROUND
-    if not learn and not bias_correction(prepared, settings):
+    if not learn and not bias_correction(prepared, settings) and not settings.output_range:
         return calibrated
     start = time.perf_counter()
     store = None
@@ -244,23 +244,23 @@ def adaround(
         key = run_key(model=prepared.fingerprints["model"], calibration=prepared.fingerprints["calibration"])
         store = ResultStore(Path(output_dir) / ADAROUND_STORE, key)
     options = replace(options, grams=replace(options.grams, seed=settings.seed), adaround=learn,
-                      bias_correction=bias_correction(prepared, settings))
-    rounded: dict[tuple[str, int], np.ndarray] = {}
-    biases: dict[tuple[str, int], np.ndarray] = {}
+                      bias_correction=bias_correction(prepared, settings), output_range=settings.output_range)
+    rounded, biases, all_encodings = {}, {}, dict(calibrated.encodings)
     for bits in sorted({b for (name, b) in calibrated.encodings if prepared.graph.is_constant(name)}):
         encodings = {k: e for k, e in calibrated.encodings.items() if k[1] == bits}
         plan = width_plan(prepared, bits)
 
         def network(done: LayerRounding, plan=plan):
-            return simulate(prepared, plan, calibrated.encodings, done.integers, done.biases)
+            return simulate(prepared, plan, with_scales(calibrated.encodings, done), done.integers, done.biases)
 
         chosen = round_layers(
             prepared.model, encodings, calibrated.calib, options=options, store=store, quantized=network, progress=progress,
         )
         rounded.update(chosen.integers)
         biases.update(chosen.biases)
+        all_encodings = with_scales(all_encodings, chosen)
     timings = {**calibrated.timings, "adaround_s": time.perf_counter() - start}
-    return replace(calibrated, rounded=rounded, biases=biases, timings=timings)
+    return replace(calibrated, encodings=all_encodings, rounded=rounded, biases=biases, timings=timings)
 
 
 def width_plan(prepared: Prepared, w_bits: int) -> Plan:

@@ -17,6 +17,8 @@ Rule cases:
    quantized inputs the prefix network carries the corrected biases of the layers before.
    `adaround=False` keeps the integers at nearest (only the biases are computed and
    returned): nearest rounding with bias correction.
+4. With `output_range`, each output row's scale is first chosen by the layer's output error
+   (`output_range`); the new scales are returned with the integers made on them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -47,6 +49,7 @@ from onnxmp.passes.layer_inputs import (
     to_matrices,
     why_not_linear,
 )
+from onnxmp.passes.output_range import output_aware_scales, why_not_output_aware
 from onnxmp.records import TensorEncoding
 from onnxmp.run_records import AdaRoundInputs
 from onnxmp.store import ResultStore
@@ -64,6 +67,14 @@ class LayerRounding:
 
     integers: RoundedWeights = field(default_factory=dict)
     biases: Biases = field(default_factory=dict)
+    scales: Mapping[tuple[str, int], tuple[float, ...]] = field(default_factory=dict)  # output-aware ranges
+
+
+def with_scales(
+    encodings: Mapping[tuple[str, int], TensorEncoding], rounding: LayerRounding
+) -> dict[tuple[str, int], TensorEncoding]:
+    """`encodings` with the output-aware scales `rounding` chose (the integers were made on them)."""
+    return {**encodings, **{k: replace(encodings[k], scale=s) for k, s in rounding.scales.items()}}
 
 
 QuantizedNetwork = Callable[[LayerRounding], onnx.ModelProto]  # the network with these integers and biases
@@ -79,6 +90,7 @@ class RoundingOptions:
     inputs: AdaRoundInputs = AdaRoundInputs.QUANTIZED  # measured: README "AdaRound"
     adaround: bool = True  # False: nearest integers (for bias correction alone)
     bias_correction: bool = False  # README "Bias correction"
+    output_range: bool = False  # scales chosen by the layer-output error (README "Bias correction")
 
 
 def round_weights(
@@ -118,7 +130,7 @@ def round_layers(
     data = calib.fingerprint()
     ids = {t: _result_id(graph, encodings[t], options, data) for t in tasks}
     done = {e["id"]: e for e in store.entries(STORE_KIND)} if store is not None else {}
-    entries = {t: done[ids[t]] for t in tasks if ids[t] in done and (not options.bias_correction or "bias" in done[ids[t]])}
+    entries = {t: done[ids[t]] for t in tasks if ids[t] in done}
     pending = [t for t in tasks if t not in entries]
     logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(entries))
     if pending:
@@ -151,7 +163,8 @@ def _rounding(entries: Mapping[tuple[str, int], Mapping[str, Any]], options: Rou
     """The integers (AdaRound only) and corrected biases the store entries hold."""
     integers = {t: _decode(e) for t, e in entries.items()} if options.adaround else {}
     biases = {t: _decode_bias(e) for t, e in entries.items() if "bias" in e} if options.bias_correction else {}
-    return LayerRounding(MappingProxyType(integers), MappingProxyType(biases))
+    scales = {t: tuple(e["scale"]) for t, e in entries.items() if "scale" in e} if options.output_range else {}
+    return LayerRounding(MappingProxyType(integers), MappingProxyType(biases), MappingProxyType(scales))
 
 
 def _solve_layer(
@@ -159,6 +172,10 @@ def _solve_layer(
 ) -> dict[str, Any]:
     """The store entry of one (weight, bits): AdaRound (or nearest) integers, and the corrected bias."""
     w = graph.constant(layout.weight)
+    if options.output_range and why_not_output_aware(layout, enc) is None:
+        start = to_matrices(scale_array(enc.scale, enc.axis, w.shape), layout)[:, :, :1]
+        rows = output_aware_scales(to_matrices(w.astype(np.float32), layout), stats.g_xx, enc.qmax, start)
+        enc = replace(enc, scale=tuple(float(s) for s in rows.reshape(-1)))
     if options.adaround:
         entry = solve(w, layout, enc, stats, options.params)
     else:
@@ -168,6 +185,8 @@ def _solve_layer(
         w_q = _decode(entry) * scale_array(enc.scale, enc.axis, w.shape)
         bias = corrected_bias(w, w_q, layout, stats, layer_bias(graph, layout))
         entry["bias"] = base64.b64encode(bias.astype(np.float32).tobytes()).decode()
+    if options.output_range:
+        entry["scale"] = list(enc.scale)
     return entry
 
 
@@ -179,7 +198,7 @@ def _tasks(
         if not graph.is_constant(name) or bits > options.max_bits or not enc.signed:
             continue
         reason = why_not_linear(graph, name)
-        if reason is None and not options.adaround:  # bias correction alone
+        if reason is None and not options.adaround and not options.output_range:  # bias correction alone
             reason = why_not_correctable(graph, layout_of(graph, name))
         if reason is not None:
             logger.debug("adaround: %s stays at nearest rounding: %s", name, reason)
@@ -231,7 +250,7 @@ def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptio
         "qrange": [enc.qmin, enc.qmax], "data": data, "params": asdict(options.params),
         "grams": asdict(options.grams), "inputs": options.inputs.value,
     }
-    if options.bias_correction or not options.adaround:  # (ids of plain AdaRound unchanged: stores stay valid)
-        facts.update(bias_correction=options.bias_correction, adaround=options.adaround)
+    if options.bias_correction or not options.adaround or options.output_range:  # plain AdaRound ids unchanged
+        facts.update(bias_correction=options.bias_correction, adaround=options.adaround, output_range=options.output_range)
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return digest.hexdigest()
