@@ -19,7 +19,7 @@ from onnxmp import curves, output_folder, runtime, versions
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.emit import emit
 from onnxmp.errors import BudgetError, ModelError
-from onnxmp.hw_profile import ActivationClipping, HwProfile
+from onnxmp.hw_profile import ActivationClipping, HwProfile, WeightRounding
 from onnxmp.inputs import load_inputs
 from onnxmp.latency_spec import CostAxis
 from onnxmp.phase1.clip_activations import clip_activations
@@ -31,6 +31,7 @@ from onnxmp.records import (
     ParetoCurve,
     Selection,
     SelectionMethod,
+    SensitivityTable,
     Strategy,
     noise_ratio,
 )
@@ -90,10 +91,31 @@ def search_point(
     curves.save_curve(store, settings.curve_label, chosen.curve)
     others = {k: v for k, v in curves.stored_curves(store, table).items() if k != settings.curve_label}
     point = chosen.selection.point
+    plain_table, plain_curve = _plain_phase1(calibrated.prepared, settings, store)
     return Decision(
         point.plan, point, chosen.curve, chosen.selection, table, timings, chosen.float_score,
-        {settings.curve_label: chosen.curve, **others},
+        {settings.curve_label: chosen.curve, **others}, plain_table, plain_curve,
     )
+
+
+def _plain_phase1(prepared: Prepared, settings: Settings, store: ResultStore) -> tuple[SensitivityTable | None, ParetoCurve]:
+    """The phase-1 table and this strategy's curve of the plain run (nearest rounding, no bias
+    correction, MSE ranges) from the same store file, when one ran there (else None, ()).
+
+    Why read, not measure: measuring it here would double phase 1 (EfficientNet-Lite0: 117 s
+    more); one plain run into the same folder costs that once, and every later AdaRound or
+    bias-corrected run there overlays it for free.
+    """
+    plain = replace(settings, weight_rounding=WeightRounding.NEAREST, bias_correction=False, output_range=False)
+    if adaround_key(prepared, plain) == adaround_key(prepared, settings):
+        return None, ()
+    other = open_store(store.path.parent, prepared, plain)
+    done = stored_results(other)
+    tasks = [(g.id, c) for g in prepared.analysis.groups for c in g.candidates]
+    if not tasks or any(t not in done for t in tasks):
+        return None, ()
+    table = SensitivityTable({t: done[t].noise.sqnr_db for t in tasks})
+    return table, curves.stored_curves(other, table).get(settings.curve_label, ())
 
 
 def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, progress: Progress | None):

@@ -41,9 +41,9 @@ def report_html(prepared: Prepared, decision: Decision) -> str:
     plan, point, curve, table = decision.plan, decision.point, decision.curve, decision.table
     baselines = _homogeneous_points(prepared, table) if table is not None else []
     with matplotlib.rc_context(_RC):
-        pareto = _svg(_pareto_figure(point, curve, baselines, decision.curves), "pareto")
+        pareto = _svg(_pareto_figure(point, curve, baselines, decision.curves, decision.plain_curve), "pareto")
         sensitivity = (
-            _svg(_sensitivity_figure(prepared.analysis.groups, table), "sensitivity")
+            _svg(_sensitivity_figure(prepared.analysis.groups, table, decision.plain_table), "sensitivity")
             if table is not None else "<p>Not measured: a homogeneous run has no phase 1.</p>"
         )
     body = [
@@ -82,9 +82,12 @@ def _homogeneous_points(prepared: Prepared, table: SensitivityTable) -> list[tup
     return points
 
 
-def _pareto_figure(point: ParetoPoint, curve: Sequence[ParetoPoint], baselines, curves: Mapping[str, ParetoCurve]) -> Figure:
+def _pareto_figure(
+    point: ParetoPoint, curve: Sequence[ParetoPoint], baselines, curves: Mapping[str, ParetoCurve], plain: ParetoCurve = ()
+) -> Figure:
     """This run's curve, the store's other strategies' curves (`curves` beyond the first), the
-    homogeneous baselines and the chosen point, on one plot."""
+    same curve with plain weights (`plain`: nearest rounding, no bias correction, when the
+    store has it), the homogeneous baselines and the chosen point, on one plot."""
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
     own = next(iter(curves), "")
@@ -95,6 +98,10 @@ def _pareto_figure(point: ParetoPoint, curve: Sequence[ParetoPoint], baselines, 
         shown = [p for p in other if _finite(p.predicted_sqnr_db)]
         ax.plot([p.bops_rel for p in shown], [p.predicted_sqnr_db for p in shown], "o--", ms=2, lw=1,
                 color=_COLORS[(i + 2) % len(_COLORS)], label=f"{label} predicted SQNR")
+    shown = [p for p in plain if _finite(p.predicted_sqnr_db)]
+    if shown:
+        ax.plot([p.bops_rel for p in shown], [p.predicted_sqnr_db for p in shown], "x:", ms=3, lw=1, color="black",
+                label=f"{own} predicted SQNR, nearest rounding".strip())
     measured = [p for p in curve if _finite(p.measured_sqnr_db)]
     if measured:
         ax.plot([p.bops_rel for p in measured], [p.measured_sqnr_db for p in measured], "s", ms=7, mfc="none", color="tab:orange", label="measured SQNR")
@@ -119,18 +126,21 @@ def _pareto_figure(point: ParetoPoint, curve: Sequence[ParetoPoint], baselines, 
     return fig
 
 
-def _sensitivity_figure(groups: Sequence[QuantizerGroup], table: SensitivityTable) -> Figure:
+def _sensitivity_figure(groups: Sequence[QuantizerGroup], table: SensitivityTable, plain: SensitivityTable | None = None) -> Figure:
     """Grouped bars: SQNR with one group quantized alone, per candidate (the paper's Figure 3).
 
-    +inf dB (the group changes nothing) is drawn as a hatched bar at the top, marked ∞.
+    +inf dB (the group changes nothing) is drawn as a hatched bar at the top, marked ∞. With
+    `plain` (the same table with nearest rounding, no bias correction) a black tick on each
+    bar marks its plain value, so what AdaRound / bias correction gained is the gap.
     """
     order = list(dict.fromkeys(c for g in groups for c in g.candidates))
     colors = {c: _COLORS[i % len(_COLORS)] for i, c in enumerate(order)}
-    finite = [db for g in groups for c in g.candidates if _finite(db := table.of(g.id, c))]
+    tables = (table,) if plain is None else (table, plain)
+    finite = [db for t in tables for g in groups for c in g.candidates if _finite(db := t.of(g.id, c))]
     top = max(finite, default=1.0) * 1.08
     fig = Figure(figsize=(min(16.0, 2.5 + 0.5 * len(groups)), 4.2), layout="constrained")
     ax = fig.add_subplot()
-    seen = set()
+    seen: set[object] = set()
     for i, group in enumerate(groups):
         width = 0.8 / len(group.candidates)
         for j, candidate in enumerate(group.candidates):
@@ -142,6 +152,10 @@ def _sensitivity_figure(groups: Sequence[QuantizerGroup], table: SensitivityTabl
                    hatch=None if _finite(db) else "//")
             if not _finite(db):
                 ax.text(x, top, "∞", ha="center", va="bottom")
+            if plain is not None and _finite(before := plain.of(group.id, candidate)):
+                ax.plot(x, before, "_", ms=max(4.0, 40 * width), mew=1.5, color="black",
+                        label=None if "nearest" in seen else "nearest rounding")
+                seen.add("nearest")
     ax.set_xticks(range(len(groups)), [g.id for g in groups], rotation=45, ha="right")
     ax.set_ylabel("SQNR, group alone (dB)")
     if seen:  # no groups, no bars: a legend of nothing makes matplotlib warn on stderr

@@ -166,6 +166,10 @@ class Decision:
     timings: Mapping[str, float] = field(default_factory=dict)
     float_score: float | None = None
     curves: Mapping[str, ParetoCurve] = field(default_factory=dict)
+    # the same strategy's table and curve with plain weights (nearest rounding, no bias correction),
+    # when a plain run left them in the same store: what the report overlays
+    plain_table: SensitivityTable | None = None
+    plain_curve: ParetoCurve = ()
 
 
 @dataclass(frozen=True)

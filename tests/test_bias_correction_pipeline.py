@@ -94,3 +94,14 @@ def test_baked_model_and_encodings_reproduce_the_qdq_model(tmp_path, rounding):
     given = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(DIGITS)).graph.initializer}
     changed = [n for n in given if n in baked and given[n].ndim == 1 and not np.array_equal(given[n], baked[n])]
     assert len(changed) >= 3  # corrected biases travel in the baked model (under the user's names)
+
+
+def test_report_overlays_the_plain_run_from_the_same_store(tmp_path):
+    with np.load(DIGITS_CALIB) as data:
+        calib = {"image": data["image"][:48]}
+    plain = onnxmp.quantize(DIGITS, profile="npu", calib=calib, output_dir=tmp_path, target_bops=0.3, settings=Settings())
+    assert "nearest rounding" not in (tmp_path / "report.html").read_text()  # nothing to overlay yet
+    corrected = onnxmp.quantize(DIGITS, profile="npu", calib=calib, output_dir=tmp_path, target_bops=0.3, settings=CORRECTED)
+    assert corrected.sensitivity != plain.sensitivity  # its own phase 1, under its own store key
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("nearest rounding") == 2  # a legend entry on the sensitivity bars and one on the curve
