@@ -231,9 +231,8 @@ def adaround(
     calibrated: Calibrated, settings: Settings, output_dir: Path | None, *,
     options: RoundingOptions = ADAROUND, progress: Callable[[int, int, str], None] | None = None,
 ) -> Calibrated:
-    """`calibrated` with AdaRounded integers and/or corrected biases for every (weight, bits)
-    up to ADAROUND.max_bits; a no-op with neither. Results are kept in `output_dir/adaround.jsonl`,
-    so a rerun or `onnxmp search` in the same folder reads them back."""
+    """`calibrated` with AdaRounded integers, corrected biases and/or output-aware scales for every
+    (weight, bits) up to ADAROUND.max_bits (a no-op with none), kept in `output_dir/adaround.jsonl`."""
     prepared = calibrated.prepared
     learn = weight_rounding(prepared, settings) is WeightRounding.ADAROUND
     if not learn and not bias_correction(prepared, settings) and not settings.output_range:
@@ -245,7 +244,9 @@ def adaround(
         store = ResultStore(Path(output_dir) / ADAROUND_STORE, key)
     options = replace(options, grams=replace(options.grams, seed=settings.seed), adaround=learn,
                       bias_correction=bias_correction(prepared, settings), output_range=settings.output_range)
-    rounded, biases, all_encodings = {}, {}, dict(calibrated.encodings)
+    rounded: Rounded = {}
+    biases: Biases = {}
+    all_encodings = dict(calibrated.encodings)
     for bits in sorted({b for (name, b) in calibrated.encodings if prepared.graph.is_constant(name)}):
         encodings = {k: e for k, e in calibrated.encodings.items() if k[1] == bits}
         plan = width_plan(prepared, bits)
@@ -256,8 +257,8 @@ def adaround(
         chosen = round_layers(
             prepared.model, encodings, calibrated.calib, options=options, store=store, quantized=network, progress=progress,
         )
-        rounded.update(chosen.integers)
-        biases.update(chosen.biases)
+        rounded = {**rounded, **chosen.integers}
+        biases = {**biases, **chosen.biases}
         all_encodings = with_scales(all_encodings, chosen)
     timings = {**calibrated.timings, "adaround_s": time.perf_counter() - start}
     return replace(calibrated, encodings=all_encodings, rounded=rounded, biases=biases, timings=timings)

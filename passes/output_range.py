@@ -55,4 +55,4 @@ def _row_errors(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, qmax: int) -
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.clip(np.round(np.where(scale > 0, w / scale, 0.0)), -qmax, qmax)
     diff = np.float32(scale) * q - w  # the float32 scale the encoding stores
-    return np.sum(np.matmul(diff, gram) * diff, axis=2, keepdims=True)
+    return np.asarray(np.sum(np.matmul(diff, gram) * diff, axis=2, keepdims=True))

@@ -238,7 +238,7 @@ def _decode(entry: Mapping[str, Any]) -> np.ndarray:
 
 
 def _decode_bias(entry: Mapping[str, Any]) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(entry["bias"]), np.float32).copy()
+    return np.frombuffer(base64.b64decode(entry["bias"]), np.float32).copy()  # type: ignore[no-any-return]
 
 
 def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptions, data: str) -> str:

@@ -105,3 +105,18 @@ def test_report_overlays_the_plain_run_from_the_same_store(tmp_path):
     assert corrected.sensitivity != plain.sensitivity  # its own phase 1, under its own store key
     page = (tmp_path / "report.html").read_text()
     assert page.count("nearest rounding") == 2  # a legend entry on the sensitivity bars and one on the curve
+
+
+def test_cli_flags_and_the_store_key(tmp_path, calibrated):
+    from click.testing import CliRunner
+
+    from onnxmp.cli import main
+
+    args = ["quantize", str(DIGITS), "--profile", "npu", "--calib", str(DIGITS_CALIB), "--num-calib", "32", "--bits", "W4A8"]
+    ran = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "bc"), "--bias-correction", "--output-aware-range"])
+    assert ran.exit_code == 0, ran.output
+    assert (tmp_path / "bc" / "model.adarounded.onnx").exists() and (tmp_path / "bc" / "adaround.jsonl").exists()
+    keys = {steps.adaround_key(calibrated.prepared, s) for s in (
+        Settings(), CORRECTED, Settings(output_range=True), replace(CORRECTED, output_range=True),
+        Settings(weight_rounding=WeightRounding.ADAROUND), replace(CORRECTED, weight_rounding=WeightRounding.ADAROUND))}
+    assert len(keys) == 6  # each phase-1 store keeps its own results
