@@ -24,10 +24,9 @@ from onnxmp.inputs import load_inputs
 from onnxmp.latency_spec import CostAxis
 from onnxmp.phase1.clip_activations import clip_activations
 from onnxmp.phase1.executors import executor_for
-from onnxmp.phase1.sensitivity import Phase1Context, Progress, sensitivity, stored_results
+from onnxmp.phase1.sensitivity import Phase1Context, Progress, missing, sensitivity, stored_table
 from onnxmp.records import (
     Candidate,
-    GroupAnalysis,
     ParetoCurve,
     Selection,
     SelectionMethod,
@@ -91,31 +90,19 @@ def search_point(
     curves.save_curve(store, settings.curve_label, chosen.curve)
     others = {k: v for k, v in curves.stored_curves(store, table).items() if k != settings.curve_label}
     point = chosen.selection.point
-    plain_table, plain_curve = _plain_phase1(calibrated.prepared, settings, store)
     return Decision(
         point.plan, point, chosen.curve, chosen.selection, table, timings, chosen.float_score,
-        {settings.curve_label: chosen.curve, **others}, plain_table, plain_curve,
+        {settings.curve_label: chosen.curve, **others}, *_plain_phase1(calibrated.prepared, settings, store),
     )
 
 
 def _plain_phase1(prepared: Prepared, settings: Settings, store: ResultStore) -> tuple[SensitivityTable | None, ParetoCurve]:
-    """The phase-1 table and this strategy's curve of the plain run (nearest rounding, no bias
-    correction, MSE ranges) from the same store file, when one ran there (else None, ()).
-
-    Why read, not measure: measuring it here would double phase 1 (EfficientNet-Lite0: 117 s
-    more); one plain run into the same folder costs that once, and every later AdaRound or
-    bias-corrected run there overlays it for free.
-    """
+    """The plain run's (nearest rounding, no bias correction, MSE ranges) table and curve when it left
+    them in the same store file: read, never measured here (that would double phase 1; README "AdaRound")."""
     plain = replace(settings, weight_rounding=WeightRounding.NEAREST, bias_correction=False, output_range=False)
-    if adaround_key(prepared, plain) == adaround_key(prepared, settings):
-        return None, ()
     other = open_store(store.path.parent, prepared, plain)
-    done = stored_results(other)
-    tasks = [(g.id, c) for g in prepared.analysis.groups for c in g.candidates]
-    if not tasks or any(t not in done for t in tasks):
-        return None, ()
-    table = SensitivityTable({t: done[t].noise.sqnr_db for t in tasks})
-    return table, curves.stored_curves(other, table).get(settings.curve_label, ())
+    table = stored_table(other, prepared.analysis) if other.key != store.key else None
+    return table, (curves.stored_curves(other, table).get(settings.curve_label, ()) if table is not None else ())
 
 
 def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, progress: Progress | None):
@@ -123,11 +110,11 @@ def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, prog
     the store does not already hold it (when it does, reading it back costs nothing)."""
     prepared = calibrated.prepared
     needed = settings.strategy in (Strategy.GREEDY, Strategy.AMED) or (settings.strategy is Strategy.ADAQAT and not settings.measured_loss)
-    missing = _missing_phase1(prepared.analysis, store)
-    if missing and not needed:
+    absent = missing(store, prepared.analysis)
+    if absent and not needed:
         return None
-    if missing and settings.require_stored:
-        raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run quantize first")
+    if absent and settings.require_stored:
+        raise BudgetError(f"{store.path}: phase 1 is incomplete ({absent} evaluations missing); run quantize first")
     context = Phase1Context(
         prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib, calibrated.reference,
         settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded, calibrated.biases,
@@ -195,11 +182,6 @@ def _select(
         replace(p, measured_sqnr_db=measured.get(i), accuracy=scores.get(i)) for i, p in enumerate(curve)
     )
     return _Chosen(curve, replace(selection, point=curve[selection.index]), float_score)
-
-
-def _missing_phase1(analysis: GroupAnalysis, store: ResultStore) -> int:
-    done = stored_results(store)
-    return sum((g.id, c) not in done for g in analysis.groups for c in g.candidates)
 
 
 def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> ResultStore:
