@@ -93,8 +93,9 @@ def mixed(calibrated, settings, label: str, images, labels) -> list[tuple]:
     return rows
 
 
-def digits() -> None:
-    """The same comparison on the shipped digits CNN (models/), top-1 on its 500 held-out digits."""
+def digits(names: list[str] | None = None) -> None:
+    """The same comparison on the shipped digits CNN (models/), top-1 on its 500 held-out digits
+    (with `names`, only the W4A8 rows of those variants, every weight width up to 6 bits)."""
     import numpy as np
     import onnx
 
@@ -106,6 +107,15 @@ def digits() -> None:
     settings = run_records.Settings(weight_rounding=WeightRounding.ADAROUND)
     prepared = steps.prepare(model, inputs.load_inputs(model, "npu", calib)[1], calib)
     nearest = steps.calibrate_ranges(prepared, calib, settings)
+    w4a8 = run_records.homogeneous_plan(prepared.analysis, Candidate(4, 8), prepared.profile)
+    if names:
+        def score(calibrated, label: str) -> None:
+            qdq = steps.simulate(prepared, w4a8, calibrated.encodings, calibrated.rounded, calibrated.biases)
+            acc = 100.0 * float(np.mean(runtime.session(qdq).run(None, {"image": images})[0].argmax(axis=1) == labels))
+            print(f"{label:<22} W4A8 measured {steps.measured_sqnr(calibrated, w4a8, 16):6.2f} dB top-1 {acc:6.2f}", flush=True)
+
+        variants(nearest, settings, names, Path(tempfile.mkdtemp()), score)
+        return
     start = time.perf_counter()
     rounded = steps.adaround(nearest, settings, None)
     print(f"digits CNN: AdaRound {time.perf_counter() - start:.1f} s for {len(rounded.rounded)} weight tensors", flush=True)
@@ -139,7 +149,7 @@ def main() -> None:
     parser.add_argument("--variants", help=f"comma-separated W4A8 rows only, of {','.join(VARIANTS)}")
     args = parser.parse_args()
     if args.digits:
-        digits()
+        digits(args.variants.split(",") if args.variants else None)
         return
     setup = imagenet.efficientnet_setup()
     if setup is None:
