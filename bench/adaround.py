@@ -53,7 +53,7 @@ def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
 
 
 VARIANTS = ("nearest", "nearest+bc", "adaround", "adaround+bc", "nearest+oa", "nearest+oa+bc", "adaround+oa",
-            "adaround+oa+bc")  # each may end in @float: layer inputs from the float network
+            "adaround+oa+bc")  # +bcq: bias correction from the quantized prefix's means; @float: all inputs float
 
 
 def variants(nearest, settings, names: list[str], cache: Path, score) -> None:
@@ -62,9 +62,11 @@ def variants(nearest, settings, names: list[str], cache: Path, score) -> None:
         base, _, mode = name.partition("@")
         parts = base.split("+")
         rounding = WeightRounding.ADAROUND if parts[0] == "adaround" else WeightRounding.NEAREST
-        chosen = replace(settings, weight_rounding=rounding, bias_correction="bc" in parts, output_range="oa" in parts)
+        corrected = "bc" in parts or "bcq" in parts
+        chosen = replace(settings, weight_rounding=rounding, bias_correction=corrected, output_range="oa" in parts)
         inputs_mode = AdaRoundInputs(mode or "quantized")
-        options = replace(steps.ADAROUND, max_bits=4, inputs=inputs_mode)
+        bias_inputs = AdaRoundInputs.QUANTIZED if "bcq" in parts else AdaRoundInputs.FLOAT
+        options = replace(steps.ADAROUND, max_bits=4, inputs=inputs_mode, bias_inputs=bias_inputs)
         start, cpu = time.perf_counter(), time.process_time()
         calibrated = steps.adaround(nearest, chosen, cache / inputs_mode.value, options=options)
         print(f"{name}: {len(calibrated.rounded)} AdaRounded, {len(calibrated.biases)} corrected biases, "

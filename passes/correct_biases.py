@@ -6,8 +6,9 @@ no later layer averages away. Subtracting it from the bias per output channel re
 at no cost on the device. The means come from the calibration rows `collect_grams` already
 samples for AdaRound (`InputStats.mean_x`, `mean_f`), so it needs no forward pass of its own:
     b' = b - (W~ E[x_q] - W E[x_f])
-with x_q the layer's inputs in the network quantized so far and x_f the float network's
-(the two are the same rows with float inputs, and the correction is then (W~ - W) E[x]).
+with x_q the layer's inputs in the network quantized so far and x_f the float network's, or
+(the default, measured in README "Bias correction and output-aware ranges") with the float
+inputs only: b' = b - (W~ - W) E[x_f], the layer's own rounding error.
 
 Rule cases (`why_not_correctable`):
 1. Conv and ConvTranspose: the bias is input 2 (added, named `<weight>_bias`, when absent).
@@ -58,16 +59,18 @@ def layer_bias(graph: DataflowGraph, layout: LinearLayout) -> np.ndarray:
 
 
 def corrected_bias(
-    w: np.ndarray, w_q: np.ndarray, layout: LinearLayout, stats: InputStats, bias: np.ndarray
+    w: np.ndarray, w_q: np.ndarray, layout: LinearLayout, stats: InputStats, bias: np.ndarray, *, quantized: bool
 ) -> np.ndarray:
-    """b - (W~ E[x_q] - W E[x_f]) per output channel (float32), `w_q` the dequantized weight W~.
+    """b - (W~ E[x_q] - W E[x_f]) per output channel (float32), `w_q` the dequantized weight W~;
+    without `quantized`, b - (W~ - W) E[x_f] (the layer's own rounding error only).
 
     The matrices are [groups, out / groups, K]; outputs are numbered group by group, as
     Conv and ConvTranspose number their output channels.
     """
-    quantized = np.matmul(to_matrices(w_q.astype(np.float64), layout), stats.mean_x[:, :, None])
+    mean_q = stats.mean_x if quantized else stats.mean_f
+    rounded = np.matmul(to_matrices(w_q.astype(np.float64), layout), mean_q[:, :, None])
     original = np.matmul(to_matrices(w.astype(np.float64), layout), stats.mean_f[:, :, None])
-    return np.asarray(bias - (quantized - original).reshape(-1), np.float32)
+    return np.asarray(bias - (rounded - original).reshape(-1), np.float32)
 
 
 def _outputs(layout: LinearLayout) -> int:

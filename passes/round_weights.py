@@ -90,6 +90,7 @@ class RoundingOptions:
     inputs: AdaRoundInputs = AdaRoundInputs.QUANTIZED  # measured: README "AdaRound"
     adaround: bool = True  # False: nearest integers (for bias correction alone)
     bias_correction: bool = False  # README "Bias correction"
+    bias_inputs: AdaRoundInputs = AdaRoundInputs.FLOAT  # the means bias correction uses (measured: README)
     output_range: bool = False  # scales chosen by the layer-output error (README "Bias correction")
 
 
@@ -135,8 +136,8 @@ def round_layers(
     logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(entries))
     if pending:
         layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
-        if options.inputs is AdaRoundInputs.FLOAT:
-            rounds = [list(layouts.values())]
+        if options.inputs is AdaRoundInputs.FLOAT or not (options.adaround or options.bias_inputs is AdaRoundInputs.QUANTIZED):
+            rounds = [list(layouts.values())]  # one pass (nearest integers with float-input bias correction too)
         else:  # layer by layer, each on the inputs of the network rounded so far
             rounds = [[layouts[w]] for w in sorted(layouts, key=lambda w: graph.index(layouts[w].node))]
         for layer_round in rounds:
@@ -183,7 +184,8 @@ def _solve_layer(
         entry = _entry(np.clip(np.round(w / scale), enc.qmin, enc.qmax), enc, nan=float("nan"))
     if options.bias_correction and why_not_correctable(graph, layout) is None:
         w_q = _decode(entry) * scale_array(enc.scale, enc.axis, w.shape)
-        bias = corrected_bias(w, w_q, layout, stats, layer_bias(graph, layout))
+        quantized = options.bias_inputs is AdaRoundInputs.QUANTIZED
+        bias = corrected_bias(w, w_q, layout, stats, layer_bias(graph, layout), quantized=quantized)
         entry["bias"] = base64.b64encode(bias.astype(np.float32).tobytes()).decode()
     if options.output_range:
         entry["scale"] = list(enc.scale)
@@ -252,5 +254,7 @@ def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptio
     }
     if options.bias_correction or not options.adaround or options.output_range:  # plain AdaRound ids unchanged
         facts.update(bias_correction=options.bias_correction, adaround=options.adaround, output_range=options.output_range)
+    if options.bias_correction and options.bias_inputs is AdaRoundInputs.FLOAT:
+        facts.update(bias_inputs=options.bias_inputs.value)
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return digest.hexdigest()

@@ -75,3 +75,17 @@ def test_shared_bias_is_copied_and_matmul_is_left_alone() -> None:
     matmul = builders.gemm_matmul()
     graph = build(matmul)
     assert why_not_correctable(graph, layout_of(graph, "w_m")) == "MatMul " + graph.consumers("w_m")[0].name + " has no bias input"
+
+
+def test_quantized_prefix_means_take_up_the_prefix_shift_too() -> None:
+    from onnxmp.passes.collect_grams import InputStats
+    from onnxmp.passes.correct_biases import corrected_bias
+
+    graph = build(_model("g (float[N,2] x) => (float[N,1] y) { [gemm] y = Gemm <transB = 1> (x, w, b) }",
+                         w=np.array([[0.3, -0.2]]), b=np.array([0.5])))
+    layout = layout_of(graph, "w")
+    w, w_q = np.array([[0.3, -0.2]]), np.array([[0.25, -0.25]])
+    stats = InputStats(np.eye(2)[None], None, mean_x=np.array([[1.0, 1.0]]), mean_f=np.array([[2.0, 4.0]]))
+    # quantized: 0.5 - (0.25 - 0.25 - (0.6 - 0.8)) = 0.3; float: 0.5 - (-0.05 * 2 - 0.05 * 4) = 0.8
+    assert corrected_bias(w, w_q, layout, stats, np.array([0.5]), quantized=True).tolist() == pytest.approx([0.3])
+    assert corrected_bias(w, w_q, layout, stats, np.array([0.5]), quantized=False).tolist() == pytest.approx([0.8])
