@@ -13,8 +13,10 @@ Rule cases:
 2. The Gram matrices of all layer inputs come from one streaming pass over the
    calibration data, only for weights not already in the store.
 3. With `bias_correction`, the same pass's input means give each (weight, bits) the
-   corrected bias of its layer (`correct_biases`), for the integers just chosen; with
-   quantized inputs the prefix network carries the corrected biases of the layers before.
+   corrected bias of its layer (`correct_biases`), for the integers just chosen (from the
+   float inputs' means unless `bias_inputs` is QUANTIZED); with quantized inputs the prefix
+   network carries the corrected biases of the layers before. Without AdaRound and with
+   float means, no prefix is needed: all layers come from one pass.
    `adaround=False` keeps the integers at nearest (only the biases are computed and
    returned): nearest rounding with bias correction.
 4. With `output_range`, each output row's scale is first chosen by the layer's output error
@@ -136,13 +138,14 @@ def round_layers(
     logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(entries))
     if pending:
         layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
-        if options.inputs is AdaRoundInputs.FLOAT or not (options.adaround or options.bias_inputs is AdaRoundInputs.QUANTIZED):
-            rounds = [list(layouts.values())]  # one pass (nearest integers with float-input bias correction too)
+        prefix = options.inputs is AdaRoundInputs.QUANTIZED and (options.adaround or options.bias_inputs is AdaRoundInputs.QUANTIZED)
+        if not prefix:  # one pass (nearest integers with float-input bias correction too)
+            rounds = [list(layouts.values())]
         else:  # layer by layer, each on the inputs of the network rounded so far
             rounds = [[layouts[w]] for w in sorted(layouts, key=lambda w: graph.index(layouts[w].node))]
         for layer_round in rounds:
             use = None
-            if quantized is not None and options.inputs is AdaRoundInputs.QUANTIZED:
+            if quantized is not None and prefix:
                 use = quantized(_rounding(entries, options))
             grams = layer_grams(model, layer_round, calib, options.grams, quantized=use)
             for weight, bits in [t for t in pending if t[0] in grams]:
