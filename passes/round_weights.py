@@ -14,7 +14,8 @@ Rule cases:
    calibration data, only for weights not already in the store.
 3. With `bias_correction`, the same pass's input means give each (weight, bits) the
    corrected bias of its layer (`correct_biases`), for the integers just chosen (from the
-   float inputs' means unless `bias_inputs` is QUANTIZED); with quantized inputs the prefix
+   quantized prefix's means when AdaRound runs on it, else the float network's: `bias_inputs`
+   overrides); with quantized inputs the prefix
    network carries the corrected biases of the layers before. Without AdaRound and with
    float means, no prefix is needed: all layers come from one pass.
    `adaround=False` keeps the integers at nearest (only the biases are computed and
@@ -92,7 +93,16 @@ class RoundingOptions:
     inputs: AdaRoundInputs = AdaRoundInputs.QUANTIZED  # measured: README "AdaRound"
     adaround: bool = True  # False: nearest integers (for bias correction alone)
     bias_correction: bool = False  # README "Bias correction"
-    bias_inputs: AdaRoundInputs = AdaRoundInputs.FLOAT  # the means bias correction uses (measured: README)
+    # the means bias correction uses; None: the quantized prefix's when AdaRound runs on it, else
+    # the float network's (measured: README "Bias correction and output-aware ranges")
+    bias_inputs: AdaRoundInputs | None = None
+
+    @property
+    def prefix_means(self) -> bool:
+        """Whether bias correction takes E[x_q] from the network quantized so far."""
+        if self.bias_inputs is not None:
+            return self.bias_inputs is AdaRoundInputs.QUANTIZED
+        return self.adaround and self.inputs is AdaRoundInputs.QUANTIZED
     output_range: bool = False  # scales chosen by the layer-output error (README "Bias correction")
 
 
@@ -138,7 +148,7 @@ def round_layers(
     logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(entries))
     if pending:
         layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
-        prefix = options.inputs is AdaRoundInputs.QUANTIZED and (options.adaround or options.bias_inputs is AdaRoundInputs.QUANTIZED)
+        prefix = options.inputs is AdaRoundInputs.QUANTIZED and (options.adaround or options.prefix_means)
         if not prefix:  # one pass (nearest integers with float-input bias correction too)
             rounds = [list(layouts.values())]
         else:  # layer by layer, each on the inputs of the network rounded so far
@@ -187,8 +197,7 @@ def _solve_layer(
         entry = _entry(np.clip(np.round(w / scale), enc.qmin, enc.qmax), enc, nan=float("nan"))
     if options.bias_correction and why_not_correctable(graph, layout) is None:
         w_q = _decode(entry) * scale_array(enc.scale, enc.axis, w.shape)
-        quantized = options.bias_inputs is AdaRoundInputs.QUANTIZED
-        bias = corrected_bias(w, w_q, layout, stats, layer_bias(graph, layout), quantized=quantized)
+        bias = corrected_bias(w, w_q, layout, stats, layer_bias(graph, layout), quantized=options.prefix_means)
         entry["bias"] = base64.b64encode(bias.astype(np.float32).tobytes()).decode()
     if options.output_range:
         entry["scale"] = list(enc.scale)
@@ -257,7 +266,7 @@ def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptio
     }
     if options.bias_correction or not options.adaround or options.output_range:  # plain AdaRound ids unchanged
         facts.update(bias_correction=options.bias_correction, adaround=options.adaround, output_range=options.output_range)
-    if options.bias_correction and options.bias_inputs is AdaRoundInputs.FLOAT:
-        facts.update(bias_inputs=options.bias_inputs.value)
+    if options.bias_correction and not options.prefix_means:
+        facts.update(bias_inputs=AdaRoundInputs.FLOAT.value)
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return digest.hexdigest()

@@ -89,3 +89,10 @@ def test_quantized_prefix_means_take_up_the_prefix_shift_too() -> None:
     # quantized: 0.5 - (0.25 - 0.25 - (0.6 - 0.8)) = 0.3; float: 0.5 - (-0.05 * 2 - 0.05 * 4) = 0.8
     assert corrected_bias(w, w_q, layout, stats, np.array([0.5]), quantized=True).tolist() == pytest.approx([0.3])
     assert corrected_bias(w, w_q, layout, stats, np.array([0.5]), quantized=False).tolist() == pytest.approx([0.8])
+
+
+def test_means_follow_adaround_unless_given() -> None:
+    assert RoundingOptions(bias_correction=True).prefix_means  # AdaRound on the quantized prefix: its means
+    assert not RoundingOptions(bias_correction=True, adaround=False).prefix_means  # nearest: the float means
+    assert not RoundingOptions(inputs=AdaRoundInputs.FLOAT).prefix_means
+    assert RoundingOptions(adaround=False, bias_inputs=AdaRoundInputs.QUANTIZED).prefix_means
