@@ -15,10 +15,11 @@ from types import MappingProxyType
 
 import onnx
 
-from onnxmp import curves, output_folder, runtime, versions
+from onnxmp import curves, latency_check, output_folder, runtime, versions
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.emit import emit
 from onnxmp.errors import BudgetError, ModelError
+from onnxmp.float_candidate import table_with_float, with_float
 from onnxmp.hw_profile import ActivationClipping, HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.latency_spec import CostAxis
@@ -29,6 +30,7 @@ from onnxmp.records import (
     Candidate,
     GroupAnalysis,
     ParetoCurve,
+    Plan,
     Selection,
     SelectionMethod,
     Strategy,
@@ -44,6 +46,8 @@ from onnxmp.search import (
     select_by_bops,
     select_by_latency,
     select_by_target,
+    verify_budget,
+    verify_selection,
 )
 from onnxmp.steps import (
     adaround,
@@ -82,16 +86,19 @@ def search_point(
         budget.target_bops, settings.qem, settings.lam, settings.per_network, settings.measured_loss, settings.seed,
         budget.target_latency_ms, settings.cost is CostAxis.LATENCY, settings.amed_samples,
     )
-    curve = STRATEGIES[settings.strategy](_space(calibrated, settings, store, table), options)
+    latency = latency_of(calibrated, store)
+    space = _space(calibrated, settings, store, table, latency)
+    curve = STRATEGIES[settings.strategy](space, options)
     timings["phase2_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate)
+    check = _latency_check(calibrated, budget, space) if latency_check.ort_spec(calibrated) is not None else None
+    chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate, check=check)
     timings["search_s"] = time.perf_counter() - start
     curves.save_curve(store, settings.curve_label, chosen.curve)
-    others = {k: v for k, v in curves.stored_curves(store, table).items() if k != settings.curve_label}
+    others = {k: v for k, v in curves.stored_curves(store, space.table).items() if k != settings.curve_label}
     point = chosen.selection.point
     return Decision(
-        point.plan, point, chosen.curve, chosen.selection, table, timings, chosen.float_score,
+        point.plan, point, chosen.curve, chosen.selection, space.table, timings, chosen.float_score,
         {settings.curve_label: chosen.curve, **others},
     )
 
@@ -114,10 +121,13 @@ def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, prog
     return sensitivity(context, store=store, placement=placement, progress=progress)
 
 
-def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table) -> SearchSpace:
-    """What the strategy reads: the table, MixQuant's weight errors, a store-backed measurement."""
+def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table, latency) -> SearchSpace:
+    """What the strategy reads: the table, MixQuant's weight errors, a store-backed measurement.
+    With a profile listing `float`, greedy and AMED may leave groups float (+inf dB)."""
     prepared = calibrated.prepared
     groups = prepared.analysis.groups
+    if prepared.profile.float_groups and table is not None and settings.strategy in (Strategy.GREEDY, Strategy.AMED):
+        groups, table = with_float(prepared.analysis).groups, table_with_float(table, prepared.analysis)
     errors = None
     if settings.strategy is Strategy.MIXQUANT:
         weights = {w: prepared.graph.constant(w) for g in groups for w in g.weights}
@@ -125,7 +135,7 @@ def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table
     sqnr_of = curves.stored_measure(store, lambda plan: measured_sqnr(calibrated, plan, settings.batch_size))
     return SearchSpace(
         groups, prepared.group_bops, prepared.reference_bops, table, errors, lambda plan: noise_ratio(sqnr_of(plan)),
-        latency_of(calibrated, store),
+        latency,
     )
 
 
@@ -137,42 +147,69 @@ class _Chosen:
 
 
 def _select(
-    calibrated: Calibrated, curve: ParetoCurve, budget: Budget, *, settings: Settings, evaluate: Evaluate | None
+    calibrated: Calibrated, curve: ParetoCurve, budget: Budget, *, settings: Settings, evaluate: Evaluate | None,
+    check: Callable | None = None,
 ) -> _Chosen:
-    """Pick the point for `budget`; measure its true SQNR (and accuracy where evaluated)."""
-    measured: dict[int, float] = {}
-    scores: dict[int, float] = {}
+    """Pick the point for `budget`; measure its true SQNR (and accuracy where evaluated).
+    `check(curve, selection, quality, threshold)` (the `ort` model's, `_latency_check`) may
+    re-pick by measured latency; `quality(plan)` is the target's measurement."""
+    measured: dict[Plan, float] = {}
+    scores: dict[Plan, float] = {}
     float_score = None
 
-    def sqnr_at(i: int) -> float:
-        if i not in measured:
-            measured[i] = measured_sqnr(calibrated, curve[i].plan, settings.batch_size)
-        return measured[i]
+    def sqnr_of(plan: Plan) -> float:
+        if plan not in measured:
+            measured[plan] = measured_sqnr(calibrated, plan, settings.batch_size)
+        return measured[plan]
 
-    def score_at(i: int) -> float:
+    def score_of(plan: Plan) -> float:
         assert evaluate is not None  # Budget.check: max_drop comes with an evaluation
-        scores[i] = evaluate(simulate(calibrated.prepared, curve[i].plan, calibrated.encodings, calibrated.rounded))
-        return scores[i]
+        if plan not in scores:
+            scores[plan] = evaluate(simulate(calibrated.prepared, plan, calibrated.encodings, calibrated.rounded))
+        return scores[plan]
 
+    quality, threshold = None, None
     if budget.target_bops is not None:
         selection = select_by_bops(curve, budget.target_bops)
     elif budget.target_latency_ms is not None and settings.strategy is Strategy.AMED:
-        selection = select_best(curve, sqnr_at)  # AMED's best samples, all within the budget
+        selection = select_best(curve, lambda i: sqnr_of(curve[i].plan))  # AMED's best samples, all within the budget
     elif budget.target_latency_ms is not None:
         selection = select_by_latency(curve, budget.target_latency_ms)
     elif budget.min_sqnr_db is not None:
-        selection = select_by_target(curve, sqnr_at, budget.min_sqnr_db, method=settings.search, what="SQNR (dB)")
+        quality, threshold = sqnr_of, budget.min_sqnr_db
     elif budget.max_drop is None:  # --qem / --lam: the strategy's one point
         selection = Selection(curve[0], 0, 0, SelectionMethod.FIXED)
     else:
         assert evaluate is not None
         float_score = evaluate(calibrated.prepared.model)
-        selection = select_by_target(curve, score_at, float_score - budget.max_drop, method=settings.search, what="accuracy")
-    sqnr_at(selection.index)
-    curve = tuple(
-        replace(p, measured_sqnr_db=measured.get(i), accuracy=scores.get(i)) for i, p in enumerate(curve)
-    )
+        quality, threshold = score_of, float_score - budget.max_drop
+    if quality is not None:
+        what = "accuracy" if budget.min_sqnr_db is None else "SQNR (dB)"
+        selection = select_by_target(curve, lambda i: quality(curve[i].plan), threshold, method=settings.search, what=what)
+    if check is not None:
+        curve, selection = check(curve, selection, quality, threshold)
+    sqnr_of(selection.point.plan)
+    curve = tuple(replace(p, measured_sqnr_db=measured.get(p.plan), accuracy=scores.get(p.plan)) for p in curve)
     return _Chosen(curve, replace(selection, point=curve[selection.index]), float_score)
+
+
+def _latency_check(calibrated: Calibrated, budget: Budget, space: SearchSpace) -> Callable:
+    """The `ort` model's estimate checked on this machine (search.select_measured): for a quality
+    target on a latency-priced curve, the fastest measured of a few points and the homogeneous
+    configurations; for a latency budget, the first measured within it; else the measurement."""
+    measure = latency_check.measure_plan(calibrated, latency_check.ort_spec(calibrated))
+
+    def check(curve: ParetoCurve, selection: Selection, quality, threshold) -> tuple[ParetoCurve, Selection]:
+        priced = all(p.latency_ms is not None for p in curve)
+        if quality is not None and priced:
+            homogeneous = latency_check.homogeneous_points(calibrated, space.table, space.latency)
+            return verify_selection(curve, selection, homogeneous, measure, lambda plan: quality(plan) >= threshold)
+        if budget.target_latency_ms is not None and priced:
+            return verify_budget(curve, selection, budget.target_latency_ms, measure)
+        point = replace(selection.point, measured_latency_ms=measure(selection.point.plan).median_ms)
+        return tuple(point if i == selection.index else p for i, p in enumerate(curve)), replace(selection, point=point)
+
+    return check
 
 
 def _missing_phase1(analysis: GroupAnalysis, store: ResultStore) -> int:

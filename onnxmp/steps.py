@@ -20,6 +20,7 @@ from onnxmp import bops, calib_data, graph, model_io
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.encodings import EncodingSet
 from onnxmp.errors import CalibrationError, ModelError, OnnxmpError, PassError, first_line
+from onnxmp.float_candidate import quantized_part, with_float
 from onnxmp.hw_profile import HwProfile, WeightRounding
 from onnxmp.latency import SystolicLatency, layers_of
 from onnxmp.latency_spec import SystolicSpec
@@ -31,7 +32,7 @@ from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_
 from onnxmp.passes.quantizer_groups import quantizer_groups
 from onnxmp.passes.round_weights import RoundingOptions, round_weights
 from onnxmp.phase1.measure import measure, reference_outputs
-from onnxmp.phase1.ort_latency import measure_groups
+from onnxmp.phase1.ort_model import ort_latency_model
 from onnxmp.records import Candidate, GroupAnalysis, ParetoPoint, Plan, SensitivityTable
 from onnxmp.run_records import Calibrated, Decision, Prepared, Settings, homogeneous_plan
 from onnxmp.store import ResultStore, run_key
@@ -92,7 +93,7 @@ def prepare(
         graph=index,
         analysis=analysis,
         macs=macs,
-        group_bops=bops.group_bops(index, analysis, macs),
+        group_bops=bops.group_bops(index, with_float(analysis) if profile.float_groups else analysis, macs),
         reference_bops=bops.reference_bops(index, analysis, macs),
         profile=profile,
         fingerprints={
@@ -171,9 +172,10 @@ def simulate(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None 
 
 
 def quantizers(prepared: Prepared, plan: Plan, encodings, rounded: Rounded | None = None) -> EncodingSet:
-    """Every quantizer `plan` puts in the model: what is simulated is what is emitted."""
+    """Every quantizer `plan` puts in the model: what is simulated is what is emitted (groups
+    left float, `onnxmp.float_candidate`, get none)."""
     return quantizers_for(
-        prepared.model, prepared.analysis, plan, encodings, quantize_bias=prepared.profile.quantize_bias,
+        prepared.model, prepared.analysis, quantized_part(plan), encodings, quantize_bias=prepared.profile.quantize_bias,
         rounded=rounded, table_bits=table_bits(prepared.profile),
     )
 
@@ -266,7 +268,8 @@ def latency_of(calibrated: Calibrated, store: ResultStore | None = None) -> Late
     """The profile's latency model as `plan -> milliseconds` at batch 1 (None without one).
 
     `systolic` costs each (layer, operand widths) once, kept in `store`; `ort` measures every
-    group at every candidate now, on this machine (onnxmp.phase1.ort_latency).
+    group at every candidate and fits the border cost on this machine, once per store
+    (onnxmp.phase1.ort_model).
     """
     prepared = calibrated.prepared
     spec = prepared.profile.latency
@@ -276,8 +279,8 @@ def latency_of(calibrated: Calibrated, store: ResultStore | None = None) -> Late
     if isinstance(spec, SystolicSpec):
         layers = layers_of(bops.concrete_graph(prepared.model, shapes), prepared.analysis)
         return SystolicLatency(layers, spec, store=store).latency_ms
-    measured = measure_groups(
+    measured = ort_latency_model(
         prepared.model, prepared.analysis, calibrated.encodings, spec,
-        sample_shapes=shapes, quantize_bias=prepared.profile.quantize_bias,
+        sample_shapes=shapes, quantize_bias=prepared.profile.quantize_bias, store=store,
     )
     return measured.latency_ms

@@ -15,6 +15,7 @@ from __future__ import annotations
 from onnxmp.records import SearchMethod, Strategy
 from onnxmp.search import adaqat, amed, greedy, mixquant
 from onnxmp.search.select import select_best, select_by_bops, select_by_latency, select_by_target
+from onnxmp.search.select_measured import verify_budget, verify_selection
 from onnxmp.search.space import QuantErrorTable, SearchSpace, StrategyFunction, StrategyOptions
 
 STRATEGIES: dict[Strategy, StrategyFunction] = {
@@ -35,4 +36,6 @@ __all__ = [
     "select_by_bops",
     "select_by_latency",
     "select_by_target",
+    "verify_budget",
+    "verify_selection",
 ]
