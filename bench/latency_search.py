@@ -1,8 +1,8 @@
 """Issue 13 benchmark: latency as the budget, on EfficientNet-Lite0, in one run.
 
 Part 1, profile ort-cpu (ONNX Runtime CPU, 2 threads; candidates float, W8A16, W8A8):
-per-group in-context latency at each candidate and the fitted border cost (kept in the
-store), the greedy curve priced in milliseconds (borders included), the fastest configuration
+per-group in-context latency at each candidate and the fitted border cost (measured afresh
+in every run, so every ratio comes from one run), the greedy curve priced in milliseconds (borders included), the fastest configuration
 within 1 point of FP32 top-1 (hybrid search on the curve, then the measured check of
 search.select_measured over the 3 cheapest-estimated points meeting it and the homogeneous
 configurations), its measured batch-1 and batch-32 latency against float and W8A8, its top-1,
@@ -114,7 +114,7 @@ def ort_part(model, calib, val, fp32: float) -> None:
                                 quantize_bias=run.profile.quantize_bias)  # fresh: every ratio from one run
     cost = latency.border_cost
     print(f"[ort-cpu] {len(latency.group_ms)} group timings and the border fit in {time.perf_counter() - start:.0f} s "
-          f"(0 if stored); float model {latency.float_model_ms:.2f} ms; {len(latency.borders)} border tensors, "
+          f"float model {latency.float_model_ms:.2f} ms; {len(latency.borders)} border tensors, "
           f"{cost.fixed_ms:.4f} ms each + {cost.per_melement_ms:.4f} ms per million elements (intercept {cost.offset_ms:+.4f} ms)",
           flush=True)
     start = time.perf_counter()

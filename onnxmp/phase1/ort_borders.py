@@ -30,6 +30,7 @@ Rule cases:
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -92,10 +93,13 @@ def borders_of(graph: DataflowGraph, analysis: GroupAnalysis) -> tuple[Border, .
             producer = _group_producer(graph, tensor, owner)
             if producer is None or producer == group.id:
                 continue
-            shape = graph.shapes.get(tensor) or ()
-            elements = int(np.prod(shape)) if all(isinstance(d, int) and d > 0 for d in shape) and shape else 0
-            found.append(Border(tensor, producer, group.id, elements))
+            found.append(Border(tensor, producer, group.id, _elements(graph.shapes.get(tensor))))
     return tuple(found)
+
+
+def _elements(shape) -> int:
+    dims = [d for d in shape or () if isinstance(d, int) and d > 0]
+    return math.prod(dims) if shape and len(dims) == len(shape) else 0
 
 
 def _group_producer(graph: DataflowGraph, tensor: str, owner: Mapping[str, str]) -> str | None:
@@ -124,15 +128,18 @@ def probe_plans(groups: Sequence[QuantizerGroup], integer: Callable[[QuantizerGr
     """All-integer, then for each of `parts` consecutive slices of the groups and each parity,
     the plan with every other group of that slice float and the rest integer. Groups without
     an integer candidate stay float in every probe."""
-    def plan_of(is_float: Callable[[int], bool]) -> Plan:
-        return Plan({g.id: floating(g) if is_float(i) or integer(g) is None else integer(g) for i, g in enumerate(groups)})
+    def plan_of(floats: range) -> Plan:
+        choices = {}
+        for i, group in enumerate(groups):
+            own = integer(group)
+            choices[group.id] = floating(group) if own is None or i in floats else own
+        return Plan(choices)
 
     n = len(groups)
-    probes = [plan_of(lambda i: False)]
+    probes = [plan_of(range(0))]
     for part in range(parts):
         lo, hi = part * n // parts, (part + 1) * n // parts
-        for parity in (0, 1):
-            probes.append(plan_of(lambda i, lo=lo, hi=hi, parity=parity: lo <= i < hi and i % 2 == parity))
+        probes += [plan_of(range(lo + (lo + parity) % 2, hi, 2)) for parity in (0, 1)]
     return list(dict.fromkeys(probes))
 
 
