@@ -6,6 +6,7 @@ its own. Each step takes records and returns records (onnxmp.run_records).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,10 +26,10 @@ from onnxmp.inputs import load_inputs
 from onnxmp.latency_spec import CostAxis
 from onnxmp.phase1.clip_activations import clip_activations
 from onnxmp.phase1.executors import executor_for
-from onnxmp.phase1.sensitivity import Phase1Context, Progress, sensitivity, stored_results
+from onnxmp.phase1.run_table import phase1_table
+from onnxmp.phase1.sensitivity import Phase1Context, Progress
 from onnxmp.records import (
     Candidate,
-    GroupAnalysis,
     ParetoCurve,
     Plan,
     Selection,
@@ -41,13 +42,12 @@ from onnxmp.search import (
     STRATEGIES,
     SearchSpace,
     StrategyOptions,
+    check_selection,
     mixquant,
     select_best,
     select_by_bops,
     select_by_latency,
     select_by_target,
-    verify_budget,
-    verify_selection,
 )
 from onnxmp.steps import (
     adaround,
@@ -79,7 +79,7 @@ def search_point(
     """Phase 1 (resumable, when the strategy needs it), the strategy's curve, and the selection."""
     timings = dict(calibrated.timings)
     start = time.perf_counter()
-    table = _phase1(calibrated, settings, store, progress)
+    table = phase1_table(calibrated, settings, store, progress)
     timings["phase1_s"] = time.perf_counter() - start
     start = time.perf_counter()
     options = StrategyOptions(
@@ -91,7 +91,7 @@ def search_point(
     curve = STRATEGIES[settings.strategy](space, options)
     timings["phase2_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    check = _latency_check(calibrated, budget, space) if latency_check.ort_spec(calibrated) is not None else None
+    check = _latency_check(calibrated, budget, space)
     chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate, check=check)
     timings["search_s"] = time.perf_counter() - start
     curves.save_curve(store, settings.curve_label, chosen.curve)
@@ -101,24 +101,6 @@ def search_point(
         point.plan, point, chosen.curve, chosen.selection, space.table, timings, chosen.float_score,
         {settings.curve_label: chosen.curve, **others},
     )
-
-
-def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, progress: Progress | None):
-    """The phase-1 table; None for a strategy that needs none (MixQuant, measured AdaQAT) when
-    the store does not already hold it (when it does, reading it back costs nothing)."""
-    prepared = calibrated.prepared
-    needed = settings.strategy in (Strategy.GREEDY, Strategy.AMED) or (settings.strategy is Strategy.ADAQAT and not settings.measured_loss)
-    missing = _missing_phase1(prepared.analysis, store)
-    if missing and not needed:
-        return None
-    if missing and settings.require_stored:
-        raise BudgetError(f"{store.path}: phase 1 is incomplete ({missing} evaluations missing); run quantize first")
-    context = Phase1Context(
-        prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib, calibrated.reference,
-        settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded,
-    )
-    placement = executor_for(settings.executor, settings.workers, settings.ray_address)
-    return sensitivity(context, store=store, placement=placement, progress=progress)
 
 
 def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table, latency) -> SearchSpace:
@@ -151,8 +133,8 @@ def _select(
     check: Callable | None = None,
 ) -> _Chosen:
     """Pick the point for `budget`; measure its true SQNR (and accuracy where evaluated).
-    `check(curve, selection, quality, threshold)` (the `ort` model's, `_latency_check`) may
-    re-pick by measured latency; `quality(plan)` is the target's measurement."""
+    `check(curve, selection, meets=...)` (the `ort` model's, `_latency_check`) may re-pick by
+    measured latency; `meets(plan)` says whether a plan meets the quality target."""
     measured: dict[Plan, float] = {}
     scores: dict[Plan, float] = {}
     float_score = None
@@ -168,7 +150,8 @@ def _select(
             scores[plan] = evaluate(simulate(calibrated.prepared, plan, calibrated.encodings, calibrated.rounded))
         return scores[plan]
 
-    quality, threshold = None, None
+    quality: Callable[[Plan], float] | None = None
+    threshold = 0.0  # with `quality`: the target it must meet
     if budget.target_bops is not None:
         selection = select_by_bops(curve, budget.target_bops)
     elif budget.target_latency_ms is not None and settings.strategy is Strategy.AMED:
@@ -187,34 +170,19 @@ def _select(
         what = "accuracy" if budget.min_sqnr_db is None else "SQNR (dB)"
         selection = select_by_target(curve, lambda i: quality(curve[i].plan), threshold, method=settings.search, what=what)
     if check is not None:
-        curve, selection = check(curve, selection, quality, threshold)
+        curve, selection = check(curve, selection, meets=None if quality is None else lambda plan: quality(plan) >= threshold)
     sqnr_of(selection.point.plan)
     curve = tuple(replace(p, measured_sqnr_db=measured.get(p.plan), accuracy=scores.get(p.plan)) for p in curve)
     return _Chosen(curve, replace(selection, point=curve[selection.index]), float_score)
 
 
-def _latency_check(calibrated: Calibrated, budget: Budget, space: SearchSpace) -> Callable:
-    """The `ort` model's estimate checked on this machine (search.select_measured): for a quality
-    target on a latency-priced curve, the fastest measured of a few points and the homogeneous
-    configurations; for a latency budget, the first measured within it; else the measurement."""
-    measure = latency_check.measure_plan(calibrated, latency_check.ort_spec(calibrated))
-
-    def check(curve: ParetoCurve, selection: Selection, quality, threshold) -> tuple[ParetoCurve, Selection]:
-        priced = all(p.latency_ms is not None for p in curve)
-        if quality is not None and priced:
-            homogeneous = latency_check.homogeneous_points(calibrated, space.table, space.latency)
-            return verify_selection(curve, selection, homogeneous, measure, lambda plan: quality(plan) >= threshold)
-        if budget.target_latency_ms is not None and priced:
-            return verify_budget(curve, selection, budget.target_latency_ms, measure)
-        point = replace(selection.point, measured_latency_ms=measure(selection.point.plan).median_ms)
-        return tuple(point if i == selection.index else p for i, p in enumerate(curve)), replace(selection, point=point)
-
-    return check
-
-
-def _missing_phase1(analysis: GroupAnalysis, store: ResultStore) -> int:
-    done = stored_results(store)
-    return sum((g.id, c) not in done for g in analysis.groups for c in g.candidates)
+def _latency_check(calibrated: Calibrated, budget: Budget, space: SearchSpace) -> Callable | None:
+    """With the `ort` latency model, the selection's check on this machine (search.select_measured)."""
+    spec = latency_check.ort_spec(calibrated)
+    if spec is None:
+        return None
+    return functools.partial(check_selection, measure=latency_check.measure_plan(calibrated, spec), budget_ms=budget.target_latency_ms,
+                             homogeneous=lambda: latency_check.homogeneous_points(calibrated, space.table, space.latency))
 
 
 def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> ResultStore:

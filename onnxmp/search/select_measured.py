@@ -24,6 +24,8 @@ Rule cases (`options` in the caller's order: the selected point first, then the 
    the budget by more than the noise, the next points along the curve (noisier, estimated
    faster) are measured, up to `VERIFIED` in all, and the first within it is chosen (the
    last measured if none is). Picking the fastest would throw away quality the budget allows.
+6. `check_selection` picks the check: rule 4 for a quality target (`meets`) on a curve priced
+   in ms, rule 5 for a latency budget, otherwise the chosen point is only measured.
 """
 
 from __future__ import annotations
@@ -121,3 +123,22 @@ def verify_budget(
         if not beyond_noise(Timing(budget_ms, 0.0), timing):
             break
     return tuple(points), replace(selection, point=points[index], index=index)
+
+
+def check_selection(
+    curve: ParetoCurve,
+    selection: Selection,
+    *,
+    measure: Callable[[Plan], Timing],
+    meets: Callable[[Plan], bool] | None,
+    budget_ms: float | None,
+    homogeneous: Callable[[], Sequence[ParetoPoint]],
+) -> tuple[ParetoCurve, Selection]:
+    """Rule 6: the curve with measured latencies and the selection after the check."""
+    priced = all(p.latency_ms is not None for p in curve)
+    if meets is not None and priced:
+        return verify_selection(curve, selection, homogeneous(), measure, meets)
+    if budget_ms is not None and priced:
+        return verify_budget(curve, selection, budget_ms, measure)
+    point = replace(selection.point, measured_latency_ms=measure(selection.point.plan).median_ms)
+    return tuple(point if i == selection.index else p for i, p in enumerate(curve)), replace(selection, point=point)
