@@ -139,9 +139,11 @@ def ort_part(model, calib, val, fp32: float) -> None:
           f"evaluations (estimate {selection.point.latency_ms:.2f} ms); the measured check chose index {verified.index} "
           f"({len(timings)} whole models timed): top-1 {run.top1(chosen.plan):.2f} (FP32 {fp32:.2f}); "
           f"groups {dict(Counter(label(c) for c in chosen.plan.values()))}", flush=True)
+    mixed = max(range(len(curve)), key=lambda i: (len(crossing(curve[i].plan, latency.borders)), -i))
     rows = [("float", homogeneous[2].plan), ("W8A16", homogeneous[0].plan), ("W8A8", homogeneous[1].plan),
-            ("searched", selection.point.plan), ("chosen", chosen.plan)]
-    print("\nadditive: float + group deltas (no borders); est: + borders (the model the search uses)")
+            (f"mixed@{mixed}", curve[mixed].plan), ("searched", selection.point.plan), ("chosen", chosen.plan)]
+    print("\nadditive: float + group deltas (no borders); est: + borders (the model the search uses); "
+          "mixed@i: the curve point crossing the most borders")
     print(f"\n{'config':<9} {'top-1':>6} {'b1 ms':>7} {'iqr':>5} {'additive':>8} {'err %':>6} {'est ms':>7} {'err %':>6} "
           f"{'borders':>7} {'b32 ms':>8}")
     measured = {}

@@ -12,10 +12,12 @@ layout conversions or the lost fusion (the same mistake as timing subgraphs alon
 W8A8), and timing every border in its own whole model costs one session per tensor and
 direction, each difference buried in run-to-run noise. So a handful of whole-model probes
 (alternating float and integer groups in one quarter of the network at a time, both
-parities, plus all-integer) are measured, and their residuals against the border-free
-estimate are fitted by least squares to `offset + count * fixed + elements * per_element`:
+parities) are each timed alternately with the all-integer model (so the machine's load
+drifts out of their difference), and their residuals against the border-free estimate's
+difference are fitted by least squares to `offset + count * fixed + elements * per_element`:
 every border adds a fixed number of nodes (a launch cost each) moving the tensor's elements
-(memory-bound work). `offset` absorbs the border-free estimate's own error and is not charged.
+(memory-bound work). `offset` absorbs what the differences leave of the border-free estimate's
+own error and is not charged.
 
 Rule cases:
 1. A candidate runs as an integer kernel on ORT's CPU provider iff its activations are 8

@@ -96,6 +96,25 @@ def timed(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec
     return Timing(statistics.median(times), quartiles[2] - quartiles[0])
 
 
+def paired_ms(first: onnx.ModelProto, second: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec) -> tuple[float, float]:
+    """Median run times of two models timed alternately, run by run.
+
+    Why: on a shared machine the load drifts between two measurements taken one after the
+    other; alternating runs exposes both models to the same load, so their difference holds.
+    """
+    sessions = [runtime.session(m, threads=spec.threads, simulate=False) for m in (first, second)]
+    for _ in range(spec.warmups):
+        for session in sessions:
+            session.run(None, dict(feeds))
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(spec.runs):
+        for session, kept in zip(sessions, times, strict=True):
+            start = time.perf_counter()
+            session.run(None, dict(feeds))
+            kept.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def median_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec) -> float:
     """Median wall time of one run of `model` (deployment session: QDQ fusions on)."""
     return timed(model, feeds, spec).median_ms

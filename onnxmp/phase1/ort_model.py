@@ -29,8 +29,8 @@ from onnxmp.phase1.ort_borders import (
     kind_of,
     probe_plans,
 )
-from onnxmp.phase1.ort_latency import GroupTiming, OrtLatency, measure_groups, median_ms
-from onnxmp.records import Candidate, GroupAnalysis, QuantizerGroup, TensorEncoding
+from onnxmp.phase1.ort_latency import GroupTiming, OrtLatency, measure_groups, paired_ms
+from onnxmp.records import Candidate, GroupAnalysis, Plan, QuantizerGroup, TensorEncoding
 from onnxmp.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -56,12 +56,16 @@ def ort_latency_model(
                           quantize_bias=quantize_bias, how=GroupTiming.IN_CONTEXT)
     base = OrtLatency(base.group_ms, base.float_model_ms, borders)
     feeds = {name: np.zeros(shape, np.float32) for name, shape in sample_shapes.items()}
-    samples = []
-    for probe in probe_plans(analysis.groups, integer_candidate, lambda g: float_of(g.highest)):
-        deployed = insert_qdq(model, analysis=analysis, plan=quantized_part(probe), encodings=encodings,
-                              quantize_bias=quantize_bias)
+
+    def deployed(plan: Plan) -> onnx.ModelProto:
+        return insert_qdq(model, analysis=analysis, plan=quantized_part(plan), encodings=encodings, quantize_bias=quantize_bias)
+
+    reference, *probes = probe_plans(analysis.groups, integer_candidate, lambda g: float_of(g.highest))
+    samples = [(0, 0, 0.0)]  # the all-integer reference: no border, no residual by construction
+    for probe in probes:  # each timed alternately with the reference (paired_ms: load drift cancels)
+        probe_ms, reference_ms = paired_ms(deployed(probe), deployed(reference), feeds, spec)
         cut = crossing(probe, borders)
-        residual = median_ms(deployed, feeds, spec) - base.additive_ms(probe)
+        residual = (probe_ms - reference_ms) - (base.additive_ms(probe) - base.additive_ms(reference))
         samples.append((len(cut), sum(b.elements for b in cut), residual))
     cost = fit_border_cost(samples) if any(count for count, _, _ in samples) else BorderCost()
     logger.info("ort borders: %d tensors, %.4f ms each + %.4f ms per million elements (%d probes)",
