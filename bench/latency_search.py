@@ -49,9 +49,9 @@ from onnxmp.inputs import load_inputs  # noqa: E402
 from onnxmp.latency import SystolicLatency, layers_of  # noqa: E402
 from onnxmp.latency_spec import OrtSpec  # noqa: E402
 from onnxmp.passes.insert_qdq import insert_qdq  # noqa: E402
-from onnxmp.phase1.ort_borders import crossing  # noqa: E402
+from onnxmp.phase1.ort_borders import crossing, probe_plans  # noqa: E402
 from onnxmp.phase1.ort_latency import Timing, median_ms, timed  # noqa: E402
-from onnxmp.phase1.ort_model import ort_latency_model  # noqa: E402
+from onnxmp.phase1.ort_model import integer_candidate, ort_latency_model  # noqa: E402
 from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
 from onnxmp.records import Candidate, Plan  # noqa: E402
 from onnxmp.run_records import Settings, homogeneous_plan  # noqa: E402
@@ -140,10 +140,11 @@ def ort_part(model, calib, val, fp32: float) -> None:
           f"({len(timings)} whole models timed): top-1 {run.top1(chosen.plan):.2f} (FP32 {fp32:.2f}); "
           f"groups {dict(Counter(label(c) for c in chosen.plan.values()))}", flush=True)
     mixed = max(range(len(curve)), key=lambda i: (len(crossing(curve[i].plan, latency.borders)), -i))
+    probe = probe_plans(analysis.groups, integer_candidate, lambda g: float_of(g.highest))[1]
     rows = [("float", homogeneous[2].plan), ("W8A16", homogeneous[0].plan), ("W8A8", homogeneous[1].plan),
-            (f"mixed@{mixed}", curve[mixed].plan), ("searched", selection.point.plan), ("chosen", chosen.plan)]
+            (f"mixed@{mixed}", curve[mixed].plan), ("probe", probe), ("searched", selection.point.plan), ("chosen", chosen.plan)]
     print("\nadditive: float + group deltas (no borders); est: + borders (the model the search uses); "
-          "mixed@i: the curve point crossing the most borders")
+          "mixed@i: the curve point crossing the most borders; probe: every other group of the first quarter float")
     print(f"\n{'config':<9} {'top-1':>6} {'b1 ms':>7} {'iqr':>5} {'additive':>8} {'err %':>6} {'est ms':>7} {'err %':>6} "
           f"{'borders':>7} {'b32 ms':>8}")
     measured = {}
