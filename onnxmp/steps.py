@@ -30,7 +30,7 @@ from onnxmp.passes.check_canonical import check_canonical
 from onnxmp.passes.insert_qdq import Rounded, WeightStorage, insert_quantizers, quantizers_for
 from onnxmp.passes.observe_shapes import macs_with_observed_shapes, unknown_mac_ops
 from onnxmp.passes.quantizer_groups import quantizer_groups
-from onnxmp.passes.round_weights import RoundingOptions, round_weights
+from onnxmp.passes.round_weights import INPUTS_VERSION, RoundingOptions, round_weights
 from onnxmp.phase1.measure import measure, reference_outputs
 from onnxmp.phase1.ort_model import ort_latency_model
 from onnxmp.records import Candidate, GroupAnalysis, ParetoPoint, Plan, SensitivityTable
@@ -213,7 +213,7 @@ def adaround_key(prepared: Prepared, settings: Settings) -> str:
     """What the phase-1 store key must know of the rounding (its results depend on it)."""
     if weight_rounding(prepared, settings) is WeightRounding.NEAREST:
         return WeightRounding.NEAREST.value
-    return f"{WeightRounding.ADAROUND.value}:{ADAROUND!r}:seed={settings.seed}"
+    return f"{WeightRounding.ADAROUND.value}:{ADAROUND!r}:v{INPUTS_VERSION}:seed={settings.seed}"
 
 
 def adaround(

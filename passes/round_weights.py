@@ -10,8 +10,12 @@ it (weight bytes, layout, bits, scale, calibration, hyper-parameters): a rerun o
 Rule cases:
 1. Weights whose layer is not a matrix product (`layer_inputs.why_not_linear`) and widths
    above `max_bits` stay at nearest rounding (they are absent from the result).
-2. The Gram matrices of all layer inputs come from one streaming pass over the
-   calibration data, only for weights not already in the store.
+2. The Gram matrices of the layer inputs come from streaming passes over the calibration
+   data (`collect_grams`), only for weights not already in the store: one pass for float
+   inputs; for inputs from the quantized network, one walk of it per weight width.
+3. Inputs from the quantized network are computed segment by segment since version 2 of
+   the walk (`INPUTS_VERSION`, part of the cache id): ONNX Runtime may round differently
+   than in one prefix run, so results of the former per-layer prefix runs are not reused.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import onnx
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, build
 from onnxmp.passes.adaround import AdaRoundParams, LayerProblem, adaround, gram_factor, output_error
-from onnxmp.passes.collect_grams import GramSettings, layer_grams
+from onnxmp.passes.collect_grams import Gram, GramSettings, PrefixGrams, layer_grams
+from onnxmp.passes.insert_qdq import fake_quantized
 from onnxmp.passes.layer_inputs import (
     LinearLayout,
     from_matrices,
@@ -48,9 +53,11 @@ from onnxmp.store import ResultStore
 logger = logging.getLogger(__name__)
 
 STORE_KIND = "adaround"
+INPUTS_VERSION = 2  # of the quantized-network inputs (rule 3); bump when their values change
 RoundedWeights = Mapping[tuple[str, int], np.ndarray]  # (weight, bits) -> integers, weight's shape
 Progress = Callable[[int, int, str], None]
-QuantizedNetwork = Callable[[RoundedWeights], onnx.ModelProto]  # the network with these integers
+# the network with these integers: `model`'s node names, weights as fake-quantized float initializers
+QuantizedNetwork = Callable[[RoundedWeights], onnx.ModelProto]
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,8 @@ def round_weights(
 
     With `options.inputs` QUANTIZED, layers are rounded one after the other in graph order,
     each reconstructing its float output from its inputs in `quantized(rounded so far)`,
-    the quantized network the caller builds (AIMET's order; it needs one forward pass of the
-    prefix per layer).
+    the quantized network the caller builds (AIMET's order), walked forward from layer to
+    layer (`collect_grams.PrefixGrams`); each width walks its own network.
     """
     graph = build(model)
     tasks = _tasks(graph, encodings, options.max_bits)
@@ -86,30 +93,51 @@ def round_weights(
     ids = {t: _result_id(graph, encodings[t], options, data) for t in tasks}
     done = {e["id"]: e for e in store.entries(STORE_KIND)} if store is not None else {}
     result = {t: _decode(done[ids[t]]) for t in tasks if ids[t] in done}
-    pending = [t for t in tasks if t not in result]
     logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(result))
-    if pending:
-        layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
-        if options.inputs is AdaRoundInputs.FLOAT:
-            rounds = [list(layouts.values())]
-        else:  # layer by layer, each on the inputs of the network rounded so far
-            rounds = [[layouts[w]] for w in sorted(layouts, key=lambda w: graph.index(layouts[w].node))]
-        for layer_round in rounds:
-            use = None if quantized is None or options.inputs is AdaRoundInputs.FLOAT else quantized(result)
-            grams = layer_grams(model, layer_round, calib, options.grams, quantized=use)
-            for weight, bits in [t for t in pending if t[0] in grams]:
-                start = time.perf_counter()
-                entry = solve(graph.constant(weight), layouts[weight], encodings[(weight, bits)], grams[weight], options.params)
-                entry.update(id=ids[(weight, bits)], weight=weight, bits=bits, seconds=round(time.perf_counter() - start, 3))
-                if store is not None:
-                    store.append(STORE_KIND, entry)
-                result[(weight, bits)] = _decode(entry)
-                logger.info("adaround %d/%d %s @ %d bits: layer error %.3g -> %.3g (nearest -> adaround), %.1f s",
-                            len(result), len(tasks), weight, bits, entry["error_nearest"], entry["error_adaround"],
-                            entry["seconds"])
-                if progress is not None:
-                    progress(len(result), len(tasks), f"{weight} @ {bits} bits")
+    rounder = _Rounder(graph, encodings, options, ids, store, result, len(tasks), progress)
+    pending = [t for t in tasks if t not in result]
+    layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
+    if pending and (quantized is None or options.inputs is AdaRoundInputs.FLOAT):
+        grams = layer_grams(model, list(layouts.values()), calib, options.grams)
+        for weight, bits in pending:
+            rounder.solve(weight, bits, grams[weight])
+    elif pending:
+        for bits in sorted({b for _, b in pending}):
+            prefix = PrefixGrams(model, quantized(result), [layouts[w] for w, b in pending if b == bits], calib, options.grams)
+            for step in range(len(prefix.steps)):
+                for weight, gram in prefix.grams(step).items():
+                    integers = rounder.solve(weight, bits, gram)
+                    prefix.set_weight(fake_quantized(graph.constants[weight], encodings[(weight, bits)], integers))
     return MappingProxyType({t: result[t] for t in tasks})
+
+
+@dataclass(frozen=True)
+class _Rounder:
+    """Solves one (weight, bits), stores the entry, records the integers in `result`."""
+
+    graph: DataflowGraph
+    encodings: Mapping[tuple[str, int], TensorEncoding]
+    options: RoundingOptions
+    ids: Mapping[tuple[str, int], str]
+    store: ResultStore | None
+    result: dict[tuple[str, int], np.ndarray]
+    total: int
+    progress: Progress | None
+
+    def solve(self, weight: str, bits: int, gram: Gram) -> np.ndarray:
+        start = time.perf_counter()
+        layout = layout_of(self.graph, weight)
+        entry = solve(self.graph.constant(weight), layout, self.encodings[(weight, bits)], gram, self.options.params)
+        entry.update(id=self.ids[(weight, bits)], weight=weight, bits=bits, seconds=round(time.perf_counter() - start, 3))
+        if self.store is not None:
+            self.store.append(STORE_KIND, entry)
+        self.result[(weight, bits)] = integers = _decode(entry)
+        logger.info("adaround %d/%d %s @ %d bits: layer error %.3g -> %.3g (nearest -> adaround), %.1f s",
+                    len(self.result), self.total, weight, bits, entry["error_nearest"], entry["error_adaround"],
+                    entry["seconds"])
+        if self.progress is not None:
+            self.progress(len(self.result), self.total, f"{weight} @ {bits} bits")
+        return integers
 
 
 def _tasks(graph: DataflowGraph, encodings: Mapping[tuple[str, int], TensorEncoding], max_bits: int) -> list[tuple[str, int]]:
@@ -160,5 +188,7 @@ def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptio
         "qrange": [enc.qmin, enc.qmax], "data": data, "params": asdict(options.params),
         "grams": asdict(options.grams), "inputs": options.inputs.value,
     }
+    if options.inputs is AdaRoundInputs.QUANTIZED:
+        facts["inputs_version"] = INPUTS_VERSION
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""Float values of the tensors each phase-1 suffix reads, walked forward group by group.
+"""Values of the tensors each phase-1 suffix (or AdaRound layer) reads, walked forward step by step.
 
 Why: a group's suffix needs the float values of its frontier (the cut tensors it reads)
 for every calibration sample. Computing them from the model inputs for every group costs a
@@ -16,6 +16,10 @@ Rule cases:
 2. A checkpoint tensor is dropped once no later frontier reads it; graph inputs stay.
 3. Samples always go through in chunks of `batch_size`, so memory beyond the checkpoint is
    one chunk's activations.
+4. The walked model may change ahead of the walk (`set_constant`): AdaRound walks the
+   network quantized so far and replaces each weight once it is rounded. A segment reads
+   the model when it is built, so a constant may change only while no node reading it has
+   run yet (its consumers are all at or after the current frontier).
 """
 
 from __future__ import annotations
@@ -84,6 +88,12 @@ class FrontierWalk:
         if all(t in self._stored for t in wanted):
             return self._slices(wanted)
         return self._computed(wanted)
+
+    def set_constant(self, value: onnx.TensorProto) -> None:
+        """Replace the initializer `value.name` of the walked model (rule 4)."""
+        init = next(i for i in self._model.graph.initializer if i.name == value.name)
+        init.CopyFrom(value)
+        self._segment = None
 
     def _advance(self, step: int) -> None:
         if step < self._step:
