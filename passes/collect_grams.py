@@ -71,7 +71,7 @@ class PrefixGrams:
     `steps` lists the layers of each step in graph order; a layer whose input is computed
     before the step's first layer (the q, k and v projections of one input, two branches)
     joins that step: its input is in the step's cut and no rounding of the step changes it. After
-    rounding a step's weights, `set_weight` puts them into the walked quantized network
+    rounding a step's weights, `update` puts them into the walked quantized network
     before the next step. `quantized` must keep `model`'s node names and hold its weights as
     float initializers under their own names (fake-quantized); the walk works on a copy.
     """
@@ -111,9 +111,14 @@ class PrefixGrams:
                 _accumulate(sums[layout.weight], rows_f, rows_x)
         return _averaged(sums)
 
-    def set_weight(self, value: onnx.TensorProto) -> None:
-        """Replace a weight of the quantized network (one read only by later steps)."""
-        self._quant.set_constant(value)
+    def update(self, network: onnx.ModelProto, step: int) -> None:
+        """Take the constants the layers of `steps[step]` read (weights, biases) from `network`,
+        the quantized network with that step rounded; later steps' inputs then see them."""
+        nodes = {layout.node for layout in self.steps[step]}
+        read = {t for node in network.graph.node if node.name in nodes for t in node.input}
+        for init in network.graph.initializer:
+            if init.name in read:
+                self._quant.set_constant(init)
 
 
 def _rng(settings: GramSettings, layout: LinearLayout, start: int) -> np.random.Generator:

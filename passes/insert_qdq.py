@@ -149,7 +149,7 @@ def insert_quantizers(model: onnx.ModelProto, quantizers: EncodingSet, *, weight
     for name, enc in (*quantizers.weights.items(), *quantizers.biases.items()):
         w_int = quantizers.integers.get(name)
         if weights is WeightStorage.FAKE_FLOAT:
-            initializers[name].CopyFrom(fake_quantized(initializers[name], enc, w_int))
+            initializers[name].CopyFrom(_fake_quantized(initializers[name], enc, w_int))
         else:
             nodes, new_inits, renamed[name] = _dequantized_weight(initializers[name], enc, taken, w_int)
             weight_nodes.extend(nodes)
@@ -224,12 +224,13 @@ def _activation_storage(enc: TensorEncoding) -> tuple[int, int]:
 
 def _integers(w: np.ndarray, enc: TensorEncoding, w_int: np.ndarray | None) -> np.ndarray:
     """The weight's integers: the given ones (AdaRound), else round to nearest."""
+    if w_int is not None:
+        return w_int
     scale = np.asarray(enc.scale, np.float32).reshape(quant_math.broadcast_shape(w.ndim, enc.axis))
-    return w_int if w_int is not None else quant_math.quantize(w, scale, 0, enc.qmin, enc.qmax)
+    return quant_math.quantize(w, scale, 0, enc.qmin, enc.qmax)
 
 
-def fake_quantized(init: onnx.TensorProto, enc: TensorEncoding, w_int: np.ndarray | None) -> onnx.TensorProto:
-    """The initializer as `WeightStorage.FAKE_FLOAT` stores it: its integers (`w_int`, else nearest) times the scale."""
+def _fake_quantized(init: onnx.TensorProto, enc: TensorEncoding, w_int: np.ndarray | None) -> onnx.TensorProto:
     w = numpy_helper.to_array(init)
     scale = np.asarray(enc.scale, np.float32).reshape(quant_math.broadcast_shape(w.ndim, enc.axis))
     values = quant_math.dequantize(_integers(w, enc, w_int), scale, 0)

@@ -37,7 +37,6 @@ from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, build
 from onnxmp.passes.adaround import AdaRoundParams, LayerProblem, adaround, gram_factor, output_error
 from onnxmp.passes.collect_grams import Gram, GramSettings, PrefixGrams, layer_grams
-from onnxmp.passes.insert_qdq import fake_quantized
 from onnxmp.passes.layer_inputs import (
     LinearLayout,
     from_matrices,
@@ -106,8 +105,9 @@ def round_weights(
             prefix = PrefixGrams(model, quantized(result), [layouts[w] for w, b in pending if b == bits], calib, options.grams)
             for step in range(len(prefix.steps)):
                 for weight, gram in prefix.grams(step).items():
-                    integers = rounder.solve(weight, bits, gram)
-                    prefix.set_weight(fake_quantized(graph.constants[weight], encodings[(weight, bits)], integers))
+                    rounder.solve(weight, bits, gram)
+                if step + 1 < len(prefix.steps):
+                    prefix.update(quantized(result), step)
     return MappingProxyType({t: result[t] for t in tasks})
 
 

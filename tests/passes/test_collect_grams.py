@@ -5,7 +5,7 @@ input, depthwise, Flatten->Gemm): the walked Grams of every layer equal Grams co
 direct way, by running the whole quantized network with the weights rounded so far and
 unfolding the layer input with the documented row draw (rule 3 of `collect_grams`). The
 "rounding" each layer gets is floor instead of nearest, so a walk that missed an update
-(`set_weight`) would feed later layers different inputs.
+(`update`) would feed later layers different inputs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import build
 from onnxmp.hw_profile import WeightRounding, load_profile
 from onnxmp.passes.collect_grams import GramSettings, PrefixGrams
-from onnxmp.passes.insert_qdq import fake_quantized
 from onnxmp.passes.layer_inputs import layout_of, unfold, why_not_linear
 from onnxmp.run_records import Settings
 from tests import oracles
@@ -81,5 +80,5 @@ def test_walked_grams_equal_the_network_rounded_so_far(digits) -> None:
             w = graph.constant(layout.weight)
             scale = np.asarray(enc.scale, np.float32).reshape(quant_math.broadcast_shape(w.ndim, enc.axis))
             rounded[(layout.weight, 4)] = np.clip(np.floor(w / scale), enc.qmin, enc.qmax).astype(np.int64)
-            prefix.set_weight(fake_quantized(graph.constants[layout.weight], enc, rounded[(layout.weight, 4)]))
+        prefix.update(steps.simulate(prepared, steps.width_plan(prepared, 4), calibrated.encodings, rounded), step)
     assert len(rounded) == len(weights) == 7
