@@ -144,10 +144,21 @@ def _run(sess: runtime.Session, names: Sequence[str], feeds: Mapping[str, np.nda
     return dict(zip(names, sess.run(list(names), {k: v for k, v in feeds.items() if k in wanted}), strict=True))
 
 
-def _accumulate(total: list[Any], rows_f: np.ndarray, rows_x: np.ndarray) -> None:
-    """Add X^T X (and X_f^T X_x) of one batch's rows, per group, in float64."""
-    xt = rows_x.transpose(1, 2, 0).astype(np.float64)  # [groups, K, M]
-    total[0] = total[0] + np.matmul(xt, xt.transpose(0, 2, 1))
+def _accumulate(total: list[Any], rows_f: np.ndarray, rows_x: np.ndarray, groups_at_once: int = 128) -> None:
+    """Add X^T X (and X_f^T X_x) of one batch's rows, per group, in float64.
+
+    Groups go `groups_at_once` at a time (the same products): the float64 copies of a
+    depthwise layer's rows (1152 groups) would otherwise take hundreds of MB at once.
+    """
+    count = rows_x.shape[1]
+    parts_xx, parts_fx = [], []
+    for first in range(0, count, groups_at_once):
+        xt = rows_x[:, first : first + groups_at_once].transpose(1, 2, 0).astype(np.float64)  # [groups, K, M]
+        parts_xx.append(np.matmul(xt, xt.transpose(0, 2, 1)))
+        if total[1] is not None:
+            ft = rows_f[:, first : first + groups_at_once].transpose(1, 2, 0).astype(np.float64)
+            parts_fx.append(np.matmul(ft, xt.transpose(0, 2, 1)))
+    total[0] = total[0] + np.concatenate(parts_xx)
     if total[1] is not None:
-        total[1] = total[1] + np.matmul(rows_f.transpose(1, 2, 0).astype(np.float64), xt.transpose(0, 2, 1))
+        total[1] = total[1] + np.concatenate(parts_fx)
     total[2] += rows_x.shape[0]
