@@ -50,14 +50,20 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def peak_rss_since_reset_mib() -> float:
+def peak_rss_since_reset_mib(field: str = "VmHWM") -> float:
     status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+    return int(next(line for line in status.splitlines() if line.startswith(f"{field}:")).split()[1]) / 1024
+
+
+def resident_mib() -> float:
+    """The resident size now (what a phase starts from: its own peak minus this is what it added)."""
+    return peak_rss_since_reset_mib("VmRSS")
 
 
 def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
     """AdaRound every weight at 4 bits (W8 stays nearest); returns (calibrated, wall s, cpu s)."""
     options = replace(steps.ADAROUND, inputs=inputs_mode, max_bits=4)
+    print(f"resident before AdaRound {resident_mib():.0f} MiB", flush=True)
     reset_peak_rss()
     start, cpu = time.perf_counter(), time.process_time()
     rounded = steps.adaround(calibrated, settings, cache / inputs_mode.value, options=options)
@@ -67,6 +73,7 @@ def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
 def mixed(calibrated, settings, label: str, images, labels) -> list[tuple]:
     """Phase 1, the greedy curve and the MP points of `calibrated` (its rounding stitched in)."""
     prepared = calibrated.prepared
+    print(f"resident before phase 1 {resident_mib():.0f} MiB", flush=True)
     reset_peak_rss()
     start = time.perf_counter()
     context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib,
