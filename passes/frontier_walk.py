@@ -73,7 +73,7 @@ class FrontierWalk:
         self._input_bytes = sum(v.nbytes for v in (*calib.arrays.values(), *calib.shared.values()))
         self._keep = _still_read(self._frontiers, set(graph.graph_inputs))
         self._step = -1
-        self._segment: tuple | None = None  # (wanted, session, inputs) of the last computed segment
+        self._segment: tuple[tuple[str, ...], runtime.Session, tuple[str, ...]] | None = None  # (wanted, session, inputs) of the last computed segment
 
     @property
     def stored_bytes(self) -> int:
@@ -161,8 +161,9 @@ def _per_sample_bytes(graph: DataflowGraph, tensors: Sequence[str]) -> int | Non
     total = 0
     for tensor in tensors:
         shape = graph.shapes.get(tensor)
-        if not shape or any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+        dims = [d for d in (shape or ())[1:] if isinstance(d, int) and d > 0]
+        if not shape or len(dims) != len(shape) - 1:
             return None
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(graph.elem_types.get(tensor, onnx.TensorProto.FLOAT)).itemsize
-        total += math.prod(shape[1:]) * itemsize
+        total += math.prod(dims) * itemsize
     return total

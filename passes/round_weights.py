@@ -100,7 +100,7 @@ def round_weights(
         grams = layer_grams(model, list(layouts.values()), calib, options.grams)
         for weight, bits in pending:
             rounder.solve(weight, bits, grams[weight])
-    elif pending:
+    elif pending and quantized is not None:
         for bits in sorted({b for _, b in pending}):
             prefix = PrefixGrams(model, quantized(result), [layouts[w] for w, b in pending if b == bits], calib, options.grams)
             for step in range(len(prefix.steps)):
