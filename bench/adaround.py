@@ -8,7 +8,7 @@ wall and CPU time for every weight tensor at 4 bits and the peak RSS after it, a
 layer-input variants (float network vs quantized prefix) at W4A8.
 
 Run: flock /work/bench.lock python bench/adaround.py [--calib 256] [--val 1300] [--skip-mp] [--inputs both]
-     [--digits | --mnist]   (the shipped digits CNN, or ../shared's MNIST CNN: calibration = first 256
+     [--skip-nearest] [--digits | --mnist]   (the shipped digits CNN, or ../shared's MNIST CNN: calibration = first 256
      of MNIST test, top-1 on the other 9744)
 
 "peak RSS" is the process's peak so far; "AdaRound's own peak" is the peak resident size
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--val", type=int, default=1300)
     parser.add_argument("--skip-mp", action="store_true")
+    parser.add_argument("--skip-nearest", action="store_true", help="no rows with nearest rounding (measured before)")
     parser.add_argument("--inputs", choices=["float", "quantized", "both"], default="both")
     parser.add_argument("--digits", action="store_true", help="the shipped digits CNN instead (no ../shared needed)")
     parser.add_argument("--mnist", action="store_true", help="../shared's MNIST CNN instead")
@@ -179,18 +180,20 @@ def main() -> None:
         rows.append((label, "W4A8", 0.25, float("nan"), measured, acc))
         print(f"  {rows[-1]}", flush=True)
 
-    score(nearest, "nearest")
+    if not args.skip_nearest:
+        score(nearest, "nearest")
     default = steps.ADAROUND.inputs
     modes = [AdaRoundInputs(args.inputs)] if args.inputs != "both" else [default, *(m for m in AdaRoundInputs if m is not default)]
     cache = Path(imagenet.CACHE) / f"adaround-{args.calib}"
-    for k, mode in enumerate(modes):  # the default variant first, with the MP points; then the other at W4A8
+    for k, mode in enumerate(modes):  # the default variant first; each with its MP points (unless --skip-mp)
         rounded, wall, cpu = adaround(nearest, settings, mode, cache)
         print(f"AdaRound ({mode.value} inputs), {len(rounded.rounded)} weight tensors at 4 bits: "
               f"wall {wall:.0f} s, CPU {cpu:.0f} s (0 if cached), AdaRound's own peak RSS {peak_rss_since_reset_mib():.0f} MiB, "
               f"peak RSS {peak_rss_mib():.0f} MiB", flush=True)
         score(rounded, f"adaround-{mode.value}")
-        if k == 0 and not args.skip_mp:
-            rows += mixed(nearest, settings, "nearest", images, labels)
+        if not args.skip_mp:
+            if k == 0 and not args.skip_nearest:
+                rows += mixed(nearest, settings, "nearest", images, labels)
             rows += mixed(rounded, settings, f"adaround-{mode.value}", images, labels)
     print(f"\n{'rounding':<20} {'config':<9} {'rel BOPs':>8} {'pred SQNR':>9} {'meas SQNR':>9} {'top-1 %':>8} {'target':>7}")
     for label, config, rel, predicted, measured, acc in rows:
