@@ -8,7 +8,7 @@ wall and CPU time for every weight tensor at 4 bits and the peak RSS after it, a
 layer-input variants (float network vs quantized prefix) at W4A8.
 
 Run: flock /work/bench.lock python bench/adaround.py [--calib 256] [--val 1300] [--skip-mp] [--inputs both]
-     [--skip-nearest] [--digits | --mnist]   (the shipped digits CNN, or ../shared's MNIST CNN: calibration = first 256
+     [--skip-nearest] [--fresh] [--digits | --mnist]   (the shipped digits CNN, or ../shared's MNIST CNN: calibration = first 256
      of MNIST test, top-1 on the other 9744)
 
 "peak RSS" is the process's peak so far; "AdaRound's own peak" is the peak resident size
@@ -70,7 +70,7 @@ def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
     return rounded, time.perf_counter() - start, time.process_time() - cpu
 
 
-def mixed(calibrated, settings, label: str, images, labels) -> list[tuple]:
+def mixed(calibrated, settings, label: str, images, labels, root: Path) -> list[tuple]:
     """Phase 1, the greedy curve and the MP points of `calibrated` (its rounding stitched in)."""
     prepared = calibrated.prepared
     print(f"resident before phase 1 {resident_mib():.0f} MiB", flush=True)
@@ -78,7 +78,7 @@ def mixed(calibrated, settings, label: str, images, labels) -> list[tuple]:
     start = time.perf_counter()
     context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib,
                             calibrated.reference, settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded)
-    store = pipeline.open_store(imagenet.CACHE / f"phase1-adaround-{label}", prepared, settings)
+    store = pipeline.open_store(root / f"phase1-adaround-{label}", prepared, settings)
     table = sensitivity(context, store=store)
     print(f"[{label}] phase 1 {time.perf_counter() - start:.0f} s (0 if resumed), "
           f"its own peak RSS {peak_rss_since_reset_mib():.0f} MiB", flush=True)
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--val", type=int, default=1300)
     parser.add_argument("--skip-mp", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="AdaRound and phase 1 recomputed (stores in a new temporary folder)")
     parser.add_argument("--skip-nearest", action="store_true", help="no rows with nearest rounding (measured before)")
     parser.add_argument("--inputs", choices=["float", "quantized", "both"], default="both")
     parser.add_argument("--digits", action="store_true", help="the shipped digits CNN instead (no ../shared needed)")
@@ -184,7 +185,8 @@ def main() -> None:
         score(nearest, "nearest")
     default = steps.ADAROUND.inputs
     modes = [AdaRoundInputs(args.inputs)] if args.inputs != "both" else [default, *(m for m in AdaRoundInputs if m is not default)]
-    cache = Path(imagenet.CACHE) / f"adaround-{args.calib}"
+    root = Path(tempfile.mkdtemp()) if args.fresh else Path(imagenet.CACHE)
+    cache = root / f"adaround-{args.calib}"
     for k, mode in enumerate(modes):  # the default variant first; each with its MP points (unless --skip-mp)
         rounded, wall, cpu = adaround(nearest, settings, mode, cache)
         print(f"AdaRound ({mode.value} inputs), {len(rounded.rounded)} weight tensors at 4 bits: "
@@ -193,8 +195,8 @@ def main() -> None:
         score(rounded, f"adaround-{mode.value}")
         if not args.skip_mp:
             if k == 0 and not args.skip_nearest:
-                rows += mixed(nearest, settings, "nearest", images, labels)
-            rows += mixed(rounded, settings, f"adaround-{mode.value}", images, labels)
+                rows += mixed(nearest, settings, "nearest", images, labels, root)
+            rows += mixed(rounded, settings, f"adaround-{mode.value}", images, labels, root)
     print(f"\n{'rounding':<20} {'config':<9} {'rel BOPs':>8} {'pred SQNR':>9} {'meas SQNR':>9} {'top-1 %':>8} {'target':>7}")
     for label, config, rel, predicted, measured, acc in rows:
         target = TARGETS.get(config, "") if label.startswith("adaround") else ""
