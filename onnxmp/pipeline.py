@@ -50,6 +50,8 @@ from onnxmp.search import (
     select_by_target,
 )
 from onnxmp.steps import (
+    ADAROUND,
+    ADAROUND_HOMOGENEOUS,
     adaround,
     adaround_key,
     calibrate_ranges,
@@ -283,7 +285,7 @@ def quantize(
         del model  # a model loaded here lives on in prepared.model only
         calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start, bits=budget.bits)
         calibrated = clip(calibrated, settings, folder, progress)
-        calibrated = adaround(calibrated, settings, folder)
+        calibrated = adaround(calibrated, settings, folder, options=ADAROUND if budget.bits is None else ADAROUND_HOMOGENEOUS)
         decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)
         return emit(calibrated, decision, folder, settings=settings)
 
