@@ -8,6 +8,11 @@ wall and CPU time for every weight tensor at 4 bits and the peak RSS after it, a
 layer-input variants (float network vs quantized prefix) at W4A8.
 
 Run: flock /work/bench.lock python bench/adaround.py [--calib 256] [--val 1300] [--skip-mp] [--inputs both]
+     [--skip-nearest] [--fresh] [--digits | --mnist]   (the shipped digits CNN, or ../shared's MNIST CNN: calibration = first 256
+     of MNIST test, top-1 on the other 9744)
+
+"peak RSS" is the process's peak so far; "AdaRound's own peak" is the peak resident size
+while AdaRound ran (the kernel's high-water mark, reset just before it: /proc/self/clear_refs).
 
 `--variants nearest,nearest+bc,adaround,adaround+bc` prints only those W4A8 rows (bias
 correction, README "Bias correction"); AdaRound at 4 bits, inputs from the quantized prefix,
@@ -44,9 +49,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> None:
+    """Restart the kernel's high-water mark of this process's resident size (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_since_reset_mib(field: str = "VmHWM") -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(f"{field}:")).split()[1]) / 1024
+
+
+def resident_mib() -> float:
+    """The resident size now (what a phase starts from: its own peak minus this is what it added)."""
+    return peak_rss_since_reset_mib("VmRSS")
+
+
 def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
     """AdaRound every weight at 4 bits (W8 stays nearest); returns (calibrated, wall s, cpu s)."""
     options = replace(steps.ADAROUND, inputs=inputs_mode, max_bits=4)
+    print(f"resident before AdaRound {resident_mib():.0f} MiB", flush=True)
+    reset_peak_rss()
     start, cpu = time.perf_counter(), time.process_time()
     rounded = steps.adaround(calibrated, settings, cache / inputs_mode.value, options=options)
     return rounded, time.perf_counter() - start, time.process_time() - cpu
@@ -74,15 +96,18 @@ def variants(nearest, settings, names: list[str], cache: Path, score) -> None:
         score(calibrated, name)
 
 
-def mixed(calibrated, settings, label: str, images, labels) -> list[tuple]:
+def mixed(calibrated, settings, label: str, images, labels, root: Path) -> list[tuple]:
     """Phase 1, the greedy curve and the MP points of `calibrated` (its rounding stitched in)."""
     prepared = calibrated.prepared
+    print(f"resident before phase 1 {resident_mib():.0f} MiB", flush=True)
+    reset_peak_rss()
     start = time.perf_counter()
     context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib,
-                            calibrated.reference, settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded)
-    store = pipeline.open_store(imagenet.CACHE / f"phase1-adaround-{label}", prepared, settings)
+                            calibrated.reference, settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded, calibrated.biases)
+    store = pipeline.open_store(root / f"phase1-adaround-{label}", prepared, settings)
     table = sensitivity(context, store=store)
-    print(f"[{label}] phase 1 {time.perf_counter() - start:.0f} s (0 if resumed)", flush=True)
+    print(f"[{label}] phase 1 {time.perf_counter() - start:.0f} s (0 if resumed), "
+          f"its own peak RSS {peak_rss_since_reset_mib():.0f} MiB", flush=True)
     curve = pareto_curve(table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
     rows = []
     for budget in BUDGETS:
@@ -105,7 +130,21 @@ def digits(names: list[str] | None = None) -> None:
     model = onnx.load(str(models / "digits_cnn.onnx"))
     calib = calib_data.load_arrays(models / "digits_calib.npz", model)
     with np.load(models / "digits_eval.npz") as data:
-        images, labels = data["image"], data["label"]
+        small_model("digits CNN", model, calib, data["image"], data["label"], names)
+
+
+def mnist(names: list[str] | None = None) -> None:
+    """The same comparison on ../shared's MNIST CNN: calibration = first 256 of MNIST test, top-1 on the rest."""
+    import strategies
+
+    case = strategies.mnist()
+    small_model("MNIST CNN", case.model, case.calib, case.images, case.labels, names)
+
+
+def small_model(name: str, model, calib, images, labels, names: list[str] | None = None) -> None:
+    """Nearest vs AdaRound (quantized-prefix inputs) at W4A8 and MP@0.375 / MP@0.3, npu profile."""
+    import numpy as np
+
     settings = run_records.Settings(weight_rounding=WeightRounding.ADAROUND)
     prepared = steps.prepare(model, inputs.load_inputs(model, "npu", calib)[1], calib)
     nearest = steps.calibrate_ranges(prepared, calib, settings)
@@ -120,17 +159,19 @@ def digits(names: list[str] | None = None) -> None:
         return
     start = time.perf_counter()
     rounded = steps.adaround(nearest, settings, None)
-    print(f"digits CNN: AdaRound {time.perf_counter() - start:.1f} s for {len(rounded.rounded)} weight tensors", flush=True)
+    print(f"{name}: AdaRound {time.perf_counter() - start:.1f} s for {len(rounded.rounded)} weight tensors", flush=True)
 
     def top1(calibrated, plan) -> float:
-        qdq = steps.simulate(prepared, plan, calibrated.encodings, calibrated.rounded)
+        qdq = steps.simulate(prepared, plan, calibrated.encodings, calibrated.rounded, calibrated.biases)
         sess = runtime.session(qdq)
-        return 100.0 * float(np.mean(sess.run(None, {"image": images})[0].argmax(axis=1) == labels))
+        feed = sess.get_inputs()[0].name
+        logits = np.concatenate([sess.run(None, {feed: images[i : i + 500]})[0] for i in range(0, len(images), 500)])
+        return 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
 
     for label, calibrated in (("nearest", nearest), ("adaround", rounded)):
         context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calib, calibrated.reference,
-                                settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded)
-        table = sensitivity(context, store=ResultStore(Path(tempfile.mkdtemp()) / "p1.jsonl", "digits"))
+                                settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded, calibrated.biases)
+        table = sensitivity(context, store=ResultStore(Path(tempfile.mkdtemp()) / "p1.jsonl", name))
         curve = pareto_curve(table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
         plans = [("W4A8", run_records.homogeneous_plan(prepared.analysis, Candidate(4, 8), prepared.profile))]
         plans += [(f"MP@{b:g}", select_by_bops(curve, b).point.plan) for b in BUDGETS]
@@ -146,12 +187,16 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--val", type=int, default=1300)
     parser.add_argument("--skip-mp", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="AdaRound and phase 1 recomputed (stores in a new temporary folder)")
+    parser.add_argument("--skip-nearest", action="store_true", help="no rows with nearest rounding (measured before)")
     parser.add_argument("--inputs", choices=["float", "quantized", "both"], default="both")
     parser.add_argument("--digits", action="store_true", help="the shipped digits CNN instead (no ../shared needed)")
     parser.add_argument("--variants", help=f"comma-separated W4A8 rows only, of {','.join(VARIANTS)}")
+    parser.add_argument("--mnist", action="store_true", help="../shared's MNIST CNN instead")
     args = parser.parse_args()
-    if args.digits:
-        digits(args.variants.split(",") if args.variants else None)
+    names = args.variants.split(",") if args.variants else None
+    if args.digits or args.mnist:
+        (digits if args.digits else mnist)(names)
         return
     setup = imagenet.efficientnet_setup()
     if setup is None:
@@ -174,21 +219,24 @@ def main() -> None:
         rows.append((label, "W4A8", 0.25, float("nan"), measured, imagenet.top1(qdq, images, labels)))
         print(f"  {rows[-1]}", flush=True)
 
-    cache = Path(imagenet.CACHE) / f"adaround-{args.calib}"
-    if args.variants:
-        variants(nearest, settings, args.variants.split(","), cache, score)
-    else:
+    root = Path(tempfile.mkdtemp()) if args.fresh else Path(imagenet.CACHE)
+    cache = root / f"adaround-{args.calib}"
+    if names:
+        variants(nearest, settings, names, cache, score)
+    elif not args.skip_nearest:
         score(nearest, "nearest")
     default = steps.ADAROUND.inputs
     modes = [AdaRoundInputs(args.inputs)] if args.inputs != "both" else [default, *(m for m in AdaRoundInputs if m is not default)]
-    for k, mode in enumerate(modes if not args.variants else []):  # the default variant first, with the MP points; then the other at W4A8
+    for k, mode in enumerate(modes if not names else []):  # the default variant first; each with its MP points (unless --skip-mp)
         rounded, wall, cpu = adaround(nearest, settings, mode, cache)
         print(f"AdaRound ({mode.value} inputs), {len(rounded.rounded)} weight tensors at 4 bits: "
-              f"wall {wall:.0f} s, CPU {cpu:.0f} s (0 if cached), peak RSS {peak_rss_mib():.0f} MiB", flush=True)
+              f"wall {wall:.0f} s, CPU {cpu:.0f} s (0 if cached), AdaRound's own peak RSS {peak_rss_since_reset_mib():.0f} MiB, "
+              f"peak RSS {peak_rss_mib():.0f} MiB", flush=True)
         score(rounded, f"adaround-{mode.value}")
-        if k == 0 and not args.skip_mp:
-            rows += mixed(nearest, settings, "nearest", images, labels)
-            rows += mixed(rounded, settings, f"adaround-{mode.value}", images, labels)
+        if not args.skip_mp:
+            if k == 0 and not args.skip_nearest:
+                rows += mixed(nearest, settings, "nearest", images, labels, root)
+            rows += mixed(rounded, settings, f"adaround-{mode.value}", images, labels, root)
     print(f"\n{'rounding':<20} {'config':<9} {'rel BOPs':>8} {'pred SQNR':>9} {'meas SQNR':>9} {'top-1 %':>8} {'target':>7}")
     for label, config, rel, predicted, measured, acc in rows:
         target = TARGETS.get(config, "") if label.startswith("adaround") else ""

@@ -1,10 +1,13 @@
 """Issue 13 benchmark: latency as the budget, on EfficientNet-Lite0, in one run.
 
 Part 1, profile ort-cpu (ONNX Runtime CPU, 2 threads; candidates float, W8A16, W8A8):
-per-group subgraph latency at each candidate, the greedy curve priced in milliseconds,
-the fastest configuration within 1 point of FP32 top-1 (hybrid search on the curve), its
-measured batch-1 and batch-32 latency against float and W8A8, and the additive estimate
-against the measured latency.
+per-group in-context latency at each candidate and the fitted border cost (measured afresh
+in every run, so every ratio comes from one run), the greedy curve priced in milliseconds (borders included), the fastest configuration
+within 1 point of FP32 top-1 (hybrid search on the curve, then the measured check of
+search.select_measured over the 3 cheapest-estimated points meeting it and the homogeneous
+configurations), its measured batch-1 and batch-32 latency against float and W8A8, its top-1,
+and the estimate (with and without borders) against the measured latency for the homogeneous,
+searched and chosen plans.
 
 Part 2, profile systolic-amed (AMED Table 1 accelerator, numpy model): for two latency
 budgets, top-1 of greedy-on-BOPs (the least noisy point of the BOPs curve within the
@@ -25,6 +28,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -34,6 +38,9 @@ import imagenet  # noqa: E402
 
 from onnxmp import bops, pipeline, steps  # noqa: E402
 from onnxmp.float_candidate import (  # noqa: E402
+    estimate_error,
+    float_of,
+    label,
     quantized_part,
     table_with_float,
     with_float,
@@ -42,7 +49,9 @@ from onnxmp.inputs import load_inputs  # noqa: E402
 from onnxmp.latency import SystolicLatency, layers_of  # noqa: E402
 from onnxmp.latency_spec import OrtSpec  # noqa: E402
 from onnxmp.passes.insert_qdq import insert_qdq  # noqa: E402
-from onnxmp.phase1.ort_latency import GroupTiming, estimate_error, measure_groups, median_ms  # noqa: E402
+from onnxmp.phase1.ort_borders import crossing, probe_plans  # noqa: E402
+from onnxmp.phase1.ort_latency import Timing, median_ms, timed  # noqa: E402
+from onnxmp.phase1.ort_model import integer_candidate, ort_latency_model  # noqa: E402
 from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
 from onnxmp.records import Candidate, Plan  # noqa: E402
 from onnxmp.run_records import Settings, homogeneous_plan  # noqa: E402
@@ -50,6 +59,7 @@ from onnxmp.search.amed import AmedSettings, amed_search, pick_measured  # noqa:
 from onnxmp.search.greedy import pareto_curve  # noqa: E402
 from onnxmp.search.latency_greedy import latency_curve, with_latency  # noqa: E402
 from onnxmp.search.select import select_by_latency, select_by_target  # noqa: E402
+from onnxmp.search.select_measured import verify_selection  # noqa: E402
 
 W8A8, W8A16 = Candidate(8, 8), Candidate(8, 16)
 BATCH32 = OrtSpec(threads=2, runs=10, warmups=2)
@@ -98,36 +108,54 @@ def ort_part(model, calib, val, fp32: float) -> None:
     analysis = run.prepared.analysis
     groups = with_float(analysis).groups
     table = table_with_float(run.table, analysis)
-    group_bops = bops.group_bops(run.prepared.graph, with_float(analysis), run.prepared.macs)
     shapes = {name: (1, *a.shape[1:]) for name, a in run.calib.arrays.items()}
     start = time.perf_counter()
-    latency = measure_groups(run.prepared.model, analysis, run.encodings, spec, sample_shapes=shapes,
-                             quantize_bias=run.profile.quantize_bias, how=GroupTiming.IN_CONTEXT)
-    alone = measure_groups(run.prepared.model, analysis, run.encodings, spec, sample_shapes=shapes,
-                           quantize_bias=run.profile.quantize_bias, how=GroupTiming.SUBGRAPH)
-    one = {k: v[:1] for k, v in run.calib.arrays.items()}
-    print(f"[ort-cpu] {len(latency.group_ms)} subgraph timings in {time.perf_counter() - start:.0f} s; "
-          f"float model {latency.float_model_ms:.2f} ms", flush=True)
-    curve = latency_curve(table, groups, group_bops, run.prepared.reference_bops, latency.latency_ms)
+    latency = ort_latency_model(run.prepared.model, analysis, run.encodings, spec, sample_shapes=shapes,
+                                quantize_bias=run.profile.quantize_bias)  # fresh: every ratio from one run
+    cost = latency.border_cost
+    print(f"[ort-cpu] {len(latency.group_ms)} group timings and the border fit in {time.perf_counter() - start:.0f} s "
+          f"float model {latency.float_model_ms:.2f} ms; {len(latency.borders)} border tensors, "
+          f"{cost.fixed_ms:.4f} ms each + {cost.per_melement_ms:.4f} ms per million elements (intercept {cost.offset_ms:+.4f} ms)",
+          flush=True)
+    start = time.perf_counter()
+    curve = latency_curve(table, groups, run.prepared.group_bops, run.prepared.reference_bops, latency.latency_ms)
+    print(f"[ort-cpu] latency greedy: {len(curve)} points in {time.perf_counter() - start:.1f} s", flush=True)
     selection = select_by_target(curve, lambda i: run.top1(curve[i].plan), fp32 - 1.0, what="top-1")
-    chosen = selection.point
-    kinds = dict(Counter(str(c) for c in chosen.plan.values()))
-    print(f"[ort-cpu] curve {len(curve)} points; chosen index {selection.index} after {selection.evaluations} top-1 evaluations: "
-          f"top-1 {run.top1(chosen.plan):.2f} (FP32 {fp32:.2f}); groups {kinds}", flush=True)
-    rows = [("float", None), ("W8A8", run.homogeneous(W8A8)), ("chosen", chosen.plan)]
+    one = {k: v[:1] for k, v in run.calib.arrays.items()}
     batch32 = {next(iter(one)): val[0][:32]}
-    print("\nest: additive estimate from each group's share of the whole-model profile (in context);"
-          " alone: from each group's subgraph timed alone")
-    print(f"\n{'config':<8} {'top-1':>6} {'b1 ms':>7} {'est ms':>7} {'err %':>6} {'alone ms':>8} {'err %':>6} {'b32 ms':>8}")
+    timings: dict[Plan, Timing] = {}
+
+    def measure(plan: Plan) -> Timing:
+        if plan not in timings:
+            timings[plan] = timed(run.model_of(plan, deploy=True), one, spec)
+        return timings[plan]
+
+    homogeneous = [replace(p, latency_ms=latency.latency_ms(p.plan)) for p in
+                   [steps.point_of(run.homogeneous(k), run.prepared, table) for k in (W8A16, W8A8)] +
+                   [steps.point_of(Plan({g.id: float_of(g.highest) for g in analysis.groups}), run.prepared, table)]]
+    curve, verified = verify_selection(curve, selection, homogeneous, measure, lambda plan: run.top1(plan) >= fp32 - 1.0)
+    chosen = verified.point
+    print(f"[ort-cpu] curve {len(curve)} points; search chose index {selection.index} after {selection.evaluations} top-1 "
+          f"evaluations (estimate {selection.point.latency_ms:.2f} ms); the measured check chose index {verified.index} "
+          f"({len(timings)} whole models timed): top-1 {run.top1(chosen.plan):.2f} (FP32 {fp32:.2f}); "
+          f"groups {dict(Counter(label(c) for c in chosen.plan.values()))}", flush=True)
+    mixed = max(range(len(curve)), key=lambda i: (len(crossing(curve[i].plan, latency.borders)), -i))
+    probe = probe_plans(analysis.groups, integer_candidate, lambda g: float_of(g.highest))[1]
+    rows = [("float", homogeneous[2].plan), ("W8A16", homogeneous[0].plan), ("W8A8", homogeneous[1].plan),
+            (f"mixed@{mixed}", curve[mixed].plan), ("probe", probe), ("searched", selection.point.plan), ("chosen", chosen.plan)]
+    print("\nadditive: float + group deltas (no borders); est: + borders (the model the search uses); "
+          "mixed@i: the curve point crossing the most borders; probe: every other group of the first quarter float")
+    print(f"\n{'config':<9} {'top-1':>6} {'b1 ms':>7} {'iqr':>5} {'additive':>8} {'err %':>6} {'est ms':>7} {'err %':>6} "
+          f"{'borders':>7} {'b32 ms':>8}")
     measured = {}
-    for label, plan in rows:
-        deploy = run.prepared.model if plan is None else run.model_of(plan, deploy=True)
-        b1, b32 = median_ms(deploy, one, spec), median_ms(deploy, batch32, BATCH32)
-        estimate, solo = ((m.float_model_ms if plan is None else m.latency_ms(plan)) for m in (latency, alone))
-        top1 = fp32 if plan is None else run.top1(plan)
-        measured[label] = (b1, b32)
-        print(f"{label:<8} {top1:6.2f} {b1:7.2f} {estimate:7.2f} {estimate_error(estimate, b1):6.1f} "
-              f"{solo:8.2f} {estimate_error(solo, b1):6.1f} {b32:8.1f}", flush=True)
+    for name, plan in rows:
+        deploy = run.model_of(plan, deploy=True)
+        b1, b32 = measure(plan), median_ms(deploy, batch32, BATCH32)
+        additive, estimate = latency.additive_ms(plan), latency.latency_ms(plan)
+        measured[name] = (b1.median_ms, b32)
+        print(f"{name:<9} {run.top1(plan):6.2f} {b1.median_ms:7.2f} {b1.iqr_ms:5.2f} {additive:8.2f} "
+              f"{estimate_error(additive, b1.median_ms):6.1f} {estimate:7.2f} {estimate_error(estimate, b1.median_ms):6.1f} "
+              f"{len(crossing(plan, latency.borders)):7d} {b32:8.1f}", flush=True)
     for base in ("float", "W8A8"):
         r1, r32 = (measured["chosen"][i] / measured[base][i] for i in (0, 1))
         print(f"chosen / {base}: batch 1 {r1:.2f}x, batch 32 {r32:.2f}x")

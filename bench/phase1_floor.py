@@ -19,8 +19,8 @@ import onnx
 from onnxmp import inputs, run_records, runtime, steps
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
+from onnxmp.passes.frontier_walk import FrontierWalk
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
-from onnxmp.phase1.frontier_walk import FrontierWalk
 from onnxmp.phase1.jobs import network_order
 from onnxmp.records import Plan
 

@@ -8,7 +8,7 @@ Techniques (--technique), each adding one thing to the one before:
   ort-all      whole model per evaluation, all ORT optimizations (NCHWc layouts), batch 32
   ort-all-b16  the same with batch 16 (smaller activations stay in cache)
   suffix       onnxmp's phase 1: only the part of the graph after the group, fed from the
-               float frontier walk (onnxmp/phase1/frontier_walk.py), all optimizations, batch 16
+               float frontier walk (passes/frontier_walk.py), all optimizations, batch 16
   suffix-processes  the same, split over 2 worker processes of 1 thread each
 
 The suffix techniques also report the seconds spent building ONNX Runtime sessions (what
@@ -33,9 +33,9 @@ import onnx
 
 from onnxmp import inputs, run_records, runtime, steps
 from onnxmp.calib_data import CalibrationSet
+from onnxmp.passes import frontier_walk
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
-from onnxmp.phase1 import frontier_walk
 from onnxmp.phase1.executors import Placement, run_in_processes
 from onnxmp.phase1.measure import reference_outputs
 from onnxmp.phase1.sensitivity import context_for, sensitivity

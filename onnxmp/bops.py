@@ -232,7 +232,7 @@ def weight_bytes(graph: DataflowGraph, analysis: GroupAnalysis, plan: Plan, *, t
     bits: dict[str, int] = {}
     for group in analysis.groups:
         candidate = plan.get(group.id)
-        if candidate is not None and candidate.w_bits is not None:
+        if candidate is not None and candidate.w_bits is not None and candidate.w_bits <= 16:  # 32: left float
             bits.update(dict.fromkeys(group.weights, storage_bits(candidate.w_bits)))
     if table_bits is not None:
         bits.update(dict.fromkeys(analysis.tables, storage_bits(table_bits)))

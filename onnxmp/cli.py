@@ -14,10 +14,11 @@ from pathlib import Path
 import click
 
 from onnxmp import apply as apply_step
-from onnxmp import bops, calib_data, hw_profile, model_io, pipeline, report_html, steps
+from onnxmp import bops, calib_data, hw_profile, model_io, pipeline, report, report_html, steps
 from onnxmp.calib_data import Preprocess
 from onnxmp.cli_options import Progress, RunOptions, common_options, run_options
 from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError, first_line, printable
+from onnxmp.float_candidate import label
 from onnxmp.run_records import Result
 
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
@@ -129,10 +130,12 @@ def _summary(result: Result) -> None:
     point = result.point
     counts: dict[str, int] = {}
     for candidate in result.plan.values():
-        counts[str(candidate)] = counts.get(str(candidate), 0) + 1
+        counts[label(candidate)] = counts.get(label(candidate), 0) + 1
     click.echo(f"relative BOPs     {point.bops_rel:.4f}")
     if point.latency_ms is not None:
         click.echo(f"latency           {point.latency_ms:.4f} ms")
+    if point.measured_latency_ms is not None:
+        click.echo(f"measured latency  {point.measured_latency_ms:.4f} ms (estimate error {report.latency_error(point):+.1f} %)")
     if point.predicted_sqnr_db == point.predicted_sqnr_db:
         click.echo(f"predicted SQNR    {point.predicted_sqnr_db:.2f} dB")
     if point.measured_sqnr_db is not None:

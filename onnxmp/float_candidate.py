@@ -40,6 +40,24 @@ def table_with_float(table: SensitivityTable, analysis: GroupAnalysis) -> Sensit
     return SensitivityTable({**table.sqnr_db, **extra})
 
 
+def label(candidate: Candidate) -> str:
+    """How reports name a candidate: `float` for a group left float, else W8A8, A8, ...
+
+    >>> label(FLOAT), label(Candidate(8, 8))
+    ('float', 'W8A8')
+    """
+    return "float" if is_float(candidate) else str(candidate)
+
+
+def estimate_error(estimate_ms: float, measured_ms: float) -> float:
+    """(estimate - measured) / measured, in percent.
+
+    >>> estimate_error(11.0, 10.0)
+    10.0
+    """
+    return 100 * (estimate_ms - measured_ms) / measured_ms
+
+
 def quantized_part(plan: Plan) -> Plan:
     """The plan without its float groups, for Q/DQ insertion."""
     return Plan({g: c for g, c in plan.items() if not is_float(c)})

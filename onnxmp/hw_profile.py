@@ -80,6 +80,7 @@ class HwProfile:
     description: str = ""
     fingerprint: str = ""
     latency: LatencySpec | None = None  # the `latency:` section (onnxmp.latency_spec)
+    float_groups: bool = False  # `float` among `kernels`: a group may stay unquantized (onnxmp.float_candidate)
 
     def kernels_for(self, op_type: str) -> tuple[Candidate, ...]:
         """Kernels an op type may use: its own list if the profile gives one, else all."""
@@ -125,7 +126,9 @@ def _read(name_or_path: str) -> tuple[str, str]:
 
 def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
     strict.check_keys(raw, _TOP_KEYS, f"{where}: ", ProfileError)
-    kernels = _parse_kernels(_require(raw, "kernels", where), where, "kernels")
+    kernel_list = _require(raw, "kernels", where)
+    float_groups = _float_entry(kernel_list, where)
+    kernels = _parse_kernels(kernel_list, where, "kernels")
     ops = _require(raw, "ops", where)
     if not isinstance(ops, dict):
         raise ProfileError(f"{where}: ops: expected a mapping with 'quantized' and 'passthrough'")
@@ -168,7 +171,27 @@ def _parse(raw: dict, where: str, fingerprint: str) -> HwProfile:
         description=str(raw.get("description", "")),
         fingerprint=fingerprint,
         latency=parse_latency(raw.get("latency"), where),
+        float_groups=float_groups,
     )
+
+
+FLOAT_KERNEL = "float"
+
+
+def _is_float(item: object) -> bool:
+    return isinstance(item, str) and item.strip().lower() == FLOAT_KERNEL
+
+
+def _float_entry(value: object, where: str) -> bool:
+    """Whether `kernels` lists `float` (once, beside at least one WxAy kernel)."""
+    if not isinstance(value, list):
+        return False
+    at = [i for i, item in enumerate(value) if _is_float(item)]
+    if len(at) > 1:
+        raise ProfileError(f"{where}: kernels[{at[1]}]: 'float' listed twice")
+    if at and len(value) == 1:
+        raise ProfileError(f"{where}: kernels: 'float' alone: list at least one kernel such as W8A8 beside it")
+    return bool(at)
 
 
 def _choice(kind: type[E], scheme: Mapping, key: str, default: E, where: str) -> E:
@@ -228,10 +251,13 @@ def _parse_kernels(value: object, where: str, key: str, *, activation_only: bool
         raise ProfileError(f"{where}: {key}: expected a non-empty list such as [W8A8, W4A8]")
     kernels = []
     for i, item in enumerate(value):
+        if key == "kernels" and _is_float(item):
+            continue  # a group may stay float (`_float_entry`), not a kernel
         try:
             kernel = Candidate.parse(str(item))
         except ValueError:
-            raise ProfileError(f"{where}: {key}[{i}]: unknown {item!r} (expected e.g. 'W4A8')") from None
+            hint = " or 'float'" if key == "kernels" else ""
+            raise ProfileError(f"{where}: {key}[{i}]: unknown {item!r} (expected e.g. 'W4A8'{hint})") from None
         if kernel.w_bits is None and not activation_only:
             raise ProfileError(f"{where}: {key}[{i}]: {item!r} has no weight bits (expected e.g. 'W4A8')")
         for bits in (b for b in (kernel.w_bits, kernel.a_bits) if b is not None):

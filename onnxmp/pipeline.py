@@ -6,6 +6,7 @@ its own. Each step takes records and returns records (onnxmp.run_records).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -15,19 +16,22 @@ from types import MappingProxyType
 
 import onnx
 
-from onnxmp import curves, output_folder, runtime, versions
+from onnxmp import curves, latency_check, output_folder, runtime, versions
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.emit import emit
 from onnxmp.errors import BudgetError, ModelError
+from onnxmp.float_candidate import table_with_float, with_float
 from onnxmp.hw_profile import ActivationClipping, HwProfile, WeightRounding
 from onnxmp.inputs import load_inputs
 from onnxmp.latency_spec import CostAxis
 from onnxmp.phase1.clip_activations import clip_activations
 from onnxmp.phase1.executors import executor_for
-from onnxmp.phase1.sensitivity import Phase1Context, Progress, missing, sensitivity, stored_table
+from onnxmp.phase1.run_table import phase1_table, stored_table
+from onnxmp.phase1.sensitivity import Phase1Context, Progress
 from onnxmp.records import (
     Candidate,
     ParetoCurve,
+    Plan,
     Selection,
     SelectionMethod,
     SensitivityTable,
@@ -39,6 +43,7 @@ from onnxmp.search import (
     STRATEGIES,
     SearchSpace,
     StrategyOptions,
+    check_selection,
     mixquant,
     select_best,
     select_by_bops,
@@ -46,11 +51,13 @@ from onnxmp.search import (
     select_by_target,
 )
 from onnxmp.steps import (
+    ADAROUND,
+    ADAROUND_HOMOGENEOUS,
+    activation_clipping,
     adaround,
     adaround_key,
     calibrate_ranges,
     homogeneous,
-    latency_of,
     measured_sqnr,
     prepare,
     simulate,
@@ -75,23 +82,24 @@ def search_point(
     """Phase 1 (resumable, when the strategy needs it), the strategy's curve, and the selection."""
     timings = dict(calibrated.timings)
     start = time.perf_counter()
-    table = _phase1(calibrated, settings, store, progress)
+    table = phase1_table(calibrated, settings, store, progress)
     timings["phase1_s"] = time.perf_counter() - start
     start = time.perf_counter()
     options = StrategyOptions(
         budget.target_bops, settings.qem, settings.lam, settings.per_network, settings.measured_loss, settings.seed,
         budget.target_latency_ms, settings.cost is CostAxis.LATENCY, settings.amed_samples,
     )
-    curve = STRATEGIES[settings.strategy](_space(calibrated, settings, store, table), options)
+    space = _space(calibrated, settings, store, table, latency_check.latency_of(calibrated, store))
+    curve = STRATEGIES[settings.strategy](space, options)
     timings["phase2_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate)
+    chosen = _select(calibrated, curve, budget, settings=settings, evaluate=evaluate, check=_latency_check(calibrated, budget, space))
     timings["search_s"] = time.perf_counter() - start
     curves.save_curve(store, settings.curve_label, chosen.curve)
-    others = {k: v for k, v in curves.stored_curves(store, table).items() if k != settings.curve_label}
+    others = {k: v for k, v in curves.stored_curves(store, space.table).items() if k != settings.curve_label}
     point = chosen.selection.point
     return Decision(
-        point.plan, point, chosen.curve, chosen.selection, table, timings, chosen.float_score,
+        point.plan, point, chosen.curve, chosen.selection, space.table, timings, chosen.float_score,
         {settings.curve_label: chosen.curve, **others}, *_plain_phase1(calibrated.prepared, settings, store),
     )
 
@@ -105,28 +113,13 @@ def _plain_phase1(prepared: Prepared, settings: Settings, store: ResultStore) ->
     return table, (curves.stored_curves(other, table).get(settings.curve_label, ()) if table is not None else ())
 
 
-def _phase1(calibrated: Calibrated, settings: Settings, store: ResultStore, progress: Progress | None):
-    """The phase-1 table; None for a strategy that needs none (MixQuant, measured AdaQAT) when
-    the store does not already hold it (when it does, reading it back costs nothing)."""
-    prepared = calibrated.prepared
-    needed = settings.strategy in (Strategy.GREEDY, Strategy.AMED) or (settings.strategy is Strategy.ADAQAT and not settings.measured_loss)
-    absent = missing(store, prepared.analysis)
-    if absent and not needed:
-        return None
-    if absent and settings.require_stored:
-        raise BudgetError(f"{store.path}: phase 1 is incomplete ({absent} evaluations missing); run quantize first")
-    context = Phase1Context(
-        prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib, calibrated.reference,
-        settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded, calibrated.biases,
-    )
-    placement = executor_for(settings.executor, settings.workers, settings.ray_address)
-    return sensitivity(context, store=store, placement=placement, progress=progress)
-
-
-def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table) -> SearchSpace:
-    """What the strategy reads: the table, MixQuant's weight errors, a store-backed measurement."""
+def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table, latency) -> SearchSpace:
+    """What the strategy reads: the table, MixQuant's weight errors, a store-backed measurement.
+    With a profile listing `float`, greedy and AMED may leave groups float (+inf dB)."""
     prepared = calibrated.prepared
     groups = prepared.analysis.groups
+    if prepared.profile.float_groups and table is not None and settings.strategy in (Strategy.GREEDY, Strategy.AMED):
+        groups, table = with_float(prepared.analysis).groups, table_with_float(table, prepared.analysis)
     errors = None
     if settings.strategy is Strategy.MIXQUANT:
         weights = {w: prepared.graph.constant(w) for g in groups for w in g.weights}
@@ -134,7 +127,7 @@ def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table
     sqnr_of = curves.stored_measure(store, lambda plan: measured_sqnr(calibrated, plan, settings.batch_size))
     return SearchSpace(
         groups, prepared.group_bops, prepared.reference_bops, table, errors, lambda plan: noise_ratio(sqnr_of(plan)),
-        latency_of(calibrated, store),
+        latency,
     )
 
 
@@ -146,42 +139,60 @@ class _Chosen:
 
 
 def _select(
-    calibrated: Calibrated, curve: ParetoCurve, budget: Budget, *, settings: Settings, evaluate: Evaluate | None
+    calibrated: Calibrated, curve: ParetoCurve, budget: Budget, *, settings: Settings, evaluate: Evaluate | None,
+    check: Callable | None = None,
 ) -> _Chosen:
-    """Pick the point for `budget`; measure its true SQNR (and accuracy where evaluated)."""
-    measured: dict[int, float] = {}
-    scores: dict[int, float] = {}
+    """Pick the point for `budget`; measure its true SQNR (and accuracy where evaluated).
+    `check(curve, selection, meets=...)` (the `ort` model's, `_latency_check`) may re-pick by
+    measured latency; `meets(plan)` says whether a plan meets the quality target."""
+    measured: dict[Plan, float] = {}
+    scores: dict[Plan, float] = {}
     float_score = None
 
-    def sqnr_at(i: int) -> float:
-        if i not in measured:
-            measured[i] = measured_sqnr(calibrated, curve[i].plan, settings.batch_size)
-        return measured[i]
+    def sqnr_of(plan: Plan) -> float:
+        if plan not in measured:
+            measured[plan] = measured_sqnr(calibrated, plan, settings.batch_size)
+        return measured[plan]
 
-    def score_at(i: int) -> float:
+    def score_of(plan: Plan) -> float:
         assert evaluate is not None  # Budget.check: max_drop comes with an evaluation
-        scores[i] = evaluate(simulate(calibrated.prepared, curve[i].plan, calibrated.encodings, calibrated.rounded, calibrated.biases))
-        return scores[i]
+        if plan not in scores:
+            scores[plan] = evaluate(simulate(calibrated.prepared, plan, calibrated.encodings, calibrated.rounded, calibrated.biases))
+        return scores[plan]
 
+    quality: Callable[[Plan], float] | None = None
+    threshold = 0.0  # with `quality`: the target it must meet
     if budget.target_bops is not None:
         selection = select_by_bops(curve, budget.target_bops)
     elif budget.target_latency_ms is not None and settings.strategy is Strategy.AMED:
-        selection = select_best(curve, sqnr_at)  # AMED's best samples, all within the budget
+        selection = select_best(curve, lambda i: sqnr_of(curve[i].plan))  # AMED's best samples, all within the budget
     elif budget.target_latency_ms is not None:
         selection = select_by_latency(curve, budget.target_latency_ms)
     elif budget.min_sqnr_db is not None:
-        selection = select_by_target(curve, sqnr_at, budget.min_sqnr_db, method=settings.search, what="SQNR (dB)")
+        quality, threshold = sqnr_of, budget.min_sqnr_db
     elif budget.max_drop is None:  # --qem / --lam: the strategy's one point
         selection = Selection(curve[0], 0, 0, SelectionMethod.FIXED)
     else:
         assert evaluate is not None
         float_score = evaluate(calibrated.prepared.model)
-        selection = select_by_target(curve, score_at, float_score - budget.max_drop, method=settings.search, what="accuracy")
-    sqnr_at(selection.index)
-    curve = tuple(
-        replace(p, measured_sqnr_db=measured.get(i), accuracy=scores.get(i)) for i, p in enumerate(curve)
-    )
+        quality, threshold = score_of, float_score - budget.max_drop
+    if quality is not None:
+        what = "accuracy" if budget.min_sqnr_db is None else "SQNR (dB)"
+        selection = select_by_target(curve, lambda i: quality(curve[i].plan), threshold, method=settings.search, what=what)
+    if check is not None:
+        curve, selection = check(curve, selection, meets=None if quality is None else lambda plan: quality(plan) >= threshold)
+    sqnr_of(selection.point.plan)
+    curve = tuple(replace(p, measured_sqnr_db=measured.get(p.plan), accuracy=scores.get(p.plan)) for p in curve)
     return _Chosen(curve, replace(selection, point=curve[selection.index]), float_score)
+
+
+def _latency_check(calibrated: Calibrated, budget: Budget, space: SearchSpace) -> Callable | None:
+    """With the `ort` latency model, the selection's check on this machine (search.select_measured)."""
+    spec = latency_check.ort_spec(calibrated)
+    if spec is None:
+        return None
+    return functools.partial(check_selection, measure=latency_check.measure_plan(calibrated, spec), budget_ms=budget.target_latency_ms,
+                             homogeneous=lambda: latency_check.homogeneous_points(calibrated, space.table, space.latency))
 
 
 def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> ResultStore:
@@ -196,11 +207,6 @@ def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> Resu
         onnxmp=versions.onnxmp_version(),
     )
     return ResultStore(Path(output_dir) / STORE_NAME, key)
-
-
-def activation_clipping(prepared: Prepared, settings: Settings) -> ActivationClipping:
-    """The run's clipping: the setting (`--activation-clipping`) if given, else the profile's."""
-    return settings.activation_clipping or prepared.profile.activation_clipping
 
 
 def clip(calibrated: Calibrated, settings: Settings, output_dir: Path, progress: Progress | None = None) -> Calibrated:
@@ -282,7 +288,7 @@ def quantize(
         del model  # a model loaded here lives on in prepared.model only
         calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start, bits=budget.bits)
         calibrated = clip(calibrated, settings, folder, progress)
-        calibrated = adaround(calibrated, settings, folder)
+        calibrated = adaround(calibrated, settings, folder, options=ADAROUND if budget.bits is None else ADAROUND_HOMOGENEOUS)
         decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)
         return emit(calibrated, decision, folder, settings=settings)
 

@@ -230,6 +230,7 @@ class ParetoPoint:
     accuracy: float | None = None
     deployed_sqnr_db: float | None = None
     latency_ms: float | None = None  # from the profile's latency model, when it has one
+    measured_latency_ms: float | None = None  # whole-model median on this machine (`ort` latency model)
 
 
 ParetoCurve = tuple[ParetoPoint, ...]

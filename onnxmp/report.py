@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from onnxmp import bops, model_io, versions
+from onnxmp.float_candidate import estimate_error
+from onnxmp.float_candidate import label as candidate_label
 from onnxmp.records import ParetoCurve, ParetoPoint, Plan, SensitivityTable
 from onnxmp.report_html import deployed_note, report_html
 from onnxmp.run_records import Decision, Prepared
@@ -34,7 +36,7 @@ def plan_json(prepared: Prepared, plan: Plan, point: ParetoPoint) -> dict:
             continue
         groups.append({
             "id": group.id,
-            "candidate": str(plan[group.id]),
+            "candidate": candidate_label(plan[group.id]),
             "ops": list(group.ops),
             "weights": list(group.weights),
             "activations": list(group.activations),
@@ -49,9 +51,18 @@ def plan_json(prepared: Prepared, plan: Plan, point: ParetoPoint) -> dict:
         "onnxruntime": versions.versions()["onnxruntime"],
         "accuracy": _number(point.accuracy),
         "latency_ms": _number(point.latency_ms),
+        "measured_latency_ms": _number(point.measured_latency_ms),
+        "latency_estimate_error_pct": _number(latency_error(point)),
         "groups": groups,
         "float_ops": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in prepared.analysis.skipped],
     }
+
+
+def latency_error(point: ParetoPoint) -> float | None:
+    """The latency model's error against the measured whole model, in percent (None if either is missing)."""
+    if point.latency_ms is None or point.measured_latency_ms is None:
+        return None
+    return estimate_error(point.latency_ms, point.measured_latency_ms)
 
 
 def sensitivity_json(prepared: Prepared, table: SensitivityTable) -> dict:
@@ -103,6 +114,9 @@ def report_md(prepared: Prepared, decision: Decision) -> str:
     ]
     if point.latency_ms is not None:
         lines.append(f"- latency ({prepared.profile.name} latency model, batch 1): {point.latency_ms:.4f} ms")
+    if point.measured_latency_ms is not None:
+        lines.append(f"- measured latency (whole model, batch 1, median): {point.measured_latency_ms:.4f} ms; "
+                     f"estimate error {latency_error(point):+.1f} %")
     if selection is not None:
         lines.append(f"- selection: {selection.method}, curve index {selection.index}, {selection.evaluations} evaluations")
     lines += [f"- {name}: {value:.3f}" for name, value in decision.timings.items()]
@@ -110,7 +124,7 @@ def report_md(prepared: Prepared, decision: Decision) -> str:
               for label, c in decision.curves.items() if c]
     lines += [f"- fingerprint {k}: {v[:16]}" for k, v in prepared.fingerprints.items()]
     lines += ["", "| group | candidate | ops |", "| --- | --- | --- |"]
-    lines += [f"| {g} | {c} | {len(prepared.analysis.group(g).ops)} |" for g, c in plan.items()]
+    lines += [f"| {g} | {candidate_label(c)} | {len(prepared.analysis.group(g).ops)} |" for g, c in plan.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from onnxmp import bops, versions
 from onnxmp.errors import BudgetError
+from onnxmp.float_candidate import label as candidate_label
 from onnxmp.records import ParetoCurve, ParetoPoint, Plan, QuantizerGroup, SensitivityTable
 from onnxmp.run_records import Decision, Prepared, homogeneous_plan
 
@@ -183,7 +184,7 @@ def _plan_table(prepared: Prepared, plan: Plan, table: SensitivityTable | None) 
             continue
         share = bops.macs_share(group, prepared.macs)
         alone = _db(table.of(group.id, plan[group.id])) if table is not None else "–"
-        rows.append((group.id, ", ".join(group.ops), str(plan[group.id]), f"{100 * share:.1f} %", alone))
+        rows.append((group.id, ", ".join(group.ops), candidate_label(plan[group.id]), f"{100 * share:.1f} %", alone))
     return _table(("group", "ops", "W/A bits", "share of MACs", "SQNR alone (dB)"), rows)
 
 

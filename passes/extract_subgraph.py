@@ -62,6 +62,13 @@ def frontier(graph: DataflowGraph, nodes: set[str]) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def cut_before(graph: DataflowGraph, node: str) -> tuple[str, ...]:
+    """The frontier of `node` and every node after it (graph order): all a walk must hold there."""
+    first = graph.index(node)
+    later = {name for name in graph.nodes if graph.index(name) >= first}
+    return frontier(graph, with_shape_producers(graph, later))
+
+
 def producing_nodes(graph: DataflowGraph, wanted: Iterable[str], available: set[str]) -> set[str]:
     """The nodes needed to compute `wanted` from the `available` tensors (and constants)."""
     nodes: set[str] = set()

@@ -10,18 +10,22 @@ it (weight bytes, layout, bits, scale, calibration, hyper-parameters): a rerun o
 Rule cases:
 1. Weights whose layer is not a matrix product (`layer_inputs.why_not_linear`) and widths
    above `max_bits` stay at nearest rounding (they are absent from the result).
-2. The Gram matrices of all layer inputs come from one streaming pass over the
-   calibration data, only for weights not already in the store.
+2. The Gram matrices of the layer inputs come from streaming passes over the calibration
+   data (`collect_grams`), only for weights not already in the store: one pass for float
+   inputs; for inputs from the quantized network, one walk of it per weight width.
 3. With `bias_correction`, the same pass's input means give each (weight, bits) the
    corrected bias of its layer (`correct_biases`), for the integers just chosen (from the
    quantized prefix's means when AdaRound runs on it, else the float network's: `bias_inputs`
-   overrides); with quantized inputs the prefix
-   network carries the corrected biases of the layers before. Without AdaRound and with
-   float means, no prefix is needed: all layers come from one pass.
+   overrides); with quantized inputs the walked network
+   carries the corrected biases of the layers before. Without AdaRound and with float
+   means, no walk is needed: all layers come from one pass.
    `adaround=False` keeps the integers at nearest (only the biases are computed and
    returned): nearest rounding with bias correction.
 4. With `output_range`, each output row's scale is first chosen by the layer's output error
    (`output_range`); the new scales are returned with the integers made on them.
+5. Inputs from the quantized network are computed segment by segment since version 2 of
+   the walk (`INPUTS_VERSION`, part of the cache id): ONNX Runtime may round differently
+   than in one prefix run, so results of the former per-layer prefix runs are not reused.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import onnx
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, build
 from onnxmp.passes.adaround import AdaRoundParams, LayerProblem, adaround, gram_factor, output_error
-from onnxmp.passes.collect_grams import GramSettings, InputStats, layer_grams
+from onnxmp.passes.collect_grams import GramSettings, InputStats, PrefixGrams, layer_grams
 from onnxmp.passes.correct_biases import Biases, corrected_bias, layer_bias, why_not_correctable
 from onnxmp.passes.layer_inputs import (
     LinearLayout,
@@ -60,6 +64,7 @@ from onnxmp.store import ResultStore
 logger = logging.getLogger(__name__)
 
 STORE_KIND = "adaround"
+INPUTS_VERSION = 2  # of the quantized-network inputs (rule 5); bump when their values change
 RoundedWeights = Mapping[tuple[str, int], np.ndarray]  # (weight, bits) -> integers, weight's shape
 Progress = Callable[[int, int, str], None]
 
@@ -80,7 +85,8 @@ def with_scales(
     return {**encodings, **{k: replace(encodings[k], scale=s) for k, s in rounding.scales.items()}}
 
 
-QuantizedNetwork = Callable[[LayerRounding], onnx.ModelProto]  # the network with these integers and biases
+# the network with these integers and biases: `model`'s node names, weights as fake-quantized float initializers
+QuantizedNetwork = Callable[[LayerRounding], onnx.ModelProto]
 
 
 @dataclass(frozen=True)
@@ -91,11 +97,11 @@ class RoundingOptions:
     grams: GramSettings = field(default_factory=GramSettings)
     max_bits: int = 6  # wider weights stay at nearest rounding
     inputs: AdaRoundInputs = AdaRoundInputs.QUANTIZED  # measured: README "AdaRound"
-    adaround: bool = True  # False: nearest integers (for bias correction alone)
-    bias_correction: bool = False  # README "Bias correction"
+    adaround: bool = field(default=True, repr=False)  # False: nearest integers (for bias correction alone)
+    bias_correction: bool = field(default=False, repr=False)  # README "Bias correction"
     # the means bias correction uses; None: the quantized prefix's when AdaRound runs on it, else
     # the float network's (measured: README "Bias correction and output-aware ranges")
-    bias_inputs: AdaRoundInputs | None = None
+    bias_inputs: AdaRoundInputs | None = field(default=None, repr=False)  # repr=False: plain runs' phase-1 keys as before
 
     @property
     def prefix_means(self) -> bool:
@@ -103,7 +109,7 @@ class RoundingOptions:
         if self.bias_inputs is not None:
             return self.bias_inputs is AdaRoundInputs.QUANTIZED
         return self.adaround and self.inputs is AdaRoundInputs.QUANTIZED
-    output_range: bool = False  # scales chosen by the layer-output error (README "Bias correction")
+    output_range: bool = field(default=False, repr=False)  # scales chosen by the layer-output error (README "Bias correction")
 
 
 def round_weights(
@@ -135,8 +141,8 @@ def round_layers(
 
     With `options.inputs` QUANTIZED, layers are rounded one after the other in graph order,
     each reconstructing its float output from its inputs in `quantized(rounded so far)`,
-    the quantized network the caller builds (AIMET's order; it needs one forward pass of the
-    prefix per layer).
+    the quantized network the caller builds (AIMET's order), walked forward from layer to
+    layer (`collect_grams.PrefixGrams`); each width walks its own network.
     """
     graph = build(model)
     tasks = _tasks(graph, encodings, options)
@@ -144,33 +150,53 @@ def round_layers(
     ids = {t: _result_id(graph, encodings[t], options, data) for t in tasks}
     done = {e["id"]: e for e in store.entries(STORE_KIND)} if store is not None else {}
     entries = {t: done[ids[t]] for t in tasks if ids[t] in done}
-    pending = [t for t in tasks if t not in entries]
     logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(entries))
-    if pending:
-        layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
-        prefix = options.inputs is AdaRoundInputs.QUANTIZED and (options.adaround or options.prefix_means)
-        if not prefix:  # one pass (nearest integers with float-input bias correction too)
-            rounds = [list(layouts.values())]
-        else:  # layer by layer, each on the inputs of the network rounded so far
-            rounds = [[layouts[w]] for w in sorted(layouts, key=lambda w: graph.index(layouts[w].node))]
-        for layer_round in rounds:
-            use = None
-            if quantized is not None and prefix:
-                use = quantized(_rounding(entries, options))
-            grams = layer_grams(model, layer_round, calib, options.grams, quantized=use)
-            for weight, bits in [t for t in pending if t[0] in grams]:
-                start = time.perf_counter()
-                entry = _solve_layer(graph, layouts[weight], encodings[(weight, bits)], grams[weight], options)
-                entry.update(id=ids[(weight, bits)], weight=weight, bits=bits, seconds=round(time.perf_counter() - start, 3))
-                if store is not None:
-                    store.append(STORE_KIND, entry)
-                entries[(weight, bits)] = entry
-                logger.info("adaround %d/%d %s @ %d bits: layer error %.3g -> %.3g (nearest -> adaround), %.1f s",
-                            len(entries), len(tasks), weight, bits, entry["error_nearest"], entry["error_adaround"],
-                            entry["seconds"])
-                if progress is not None:
-                    progress(len(entries), len(tasks), f"{weight} @ {bits} bits")
+    rounder = _Rounder(graph, encodings, options, ids, store, entries, len(tasks), progress)
+    pending = [t for t in tasks if t not in entries]
+    layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
+    walk = options.inputs is AdaRoundInputs.QUANTIZED and (options.adaround or options.prefix_means)
+    if pending and (quantized is None or not walk):  # one pass (nearest with float-mean bias correction too)
+        stats = layer_grams(model, list(layouts.values()), calib, options.grams)
+        for weight, bits in pending:
+            rounder.solve(weight, bits, stats[weight])
+    elif pending and quantized is not None:
+        for bits in sorted({b for _, b in pending}):
+            prefix = PrefixGrams(model, quantized(_rounding(entries, options)),
+                                 [layouts[w] for w, b in pending if b == bits], calib, options.grams)
+            for step in range(len(prefix.steps)):
+                for weight, step_stats in prefix.grams(step).items():
+                    rounder.solve(weight, bits, step_stats)
+                if step + 1 < len(prefix.steps):
+                    prefix.update(quantized(_rounding(entries, options)), step)
     return _rounding({t: entries[t] for t in tasks}, options)
+
+
+@dataclass(frozen=True)
+class _Rounder:
+    """Solves one (weight, bits), stores the entry, records it in `entries`."""
+
+    graph: DataflowGraph
+    encodings: Mapping[tuple[str, int], TensorEncoding]
+    options: RoundingOptions
+    ids: Mapping[tuple[str, int], str]
+    store: ResultStore | None
+    entries: dict[tuple[str, int], dict[str, Any]]
+    total: int
+    progress: Progress | None
+
+    def solve(self, weight: str, bits: int, stats: InputStats) -> None:
+        start = time.perf_counter()
+        layout = layout_of(self.graph, weight)
+        entry = _solve_layer(self.graph, layout, self.encodings[(weight, bits)], stats, self.options)
+        entry.update(id=self.ids[(weight, bits)], weight=weight, bits=bits, seconds=round(time.perf_counter() - start, 3))
+        if self.store is not None:
+            self.store.append(STORE_KIND, entry)
+        self.entries[(weight, bits)] = entry
+        logger.info("adaround %d/%d %s @ %d bits: layer error %.3g -> %.3g (nearest -> adaround), %.1f s",
+                    len(self.entries), self.total, weight, bits, entry["error_nearest"], entry["error_adaround"],
+                    entry["seconds"])
+        if self.progress is not None:
+            self.progress(len(self.entries), self.total, f"{weight} @ {bits} bits")
 
 
 def _rounding(entries: Mapping[tuple[str, int], Mapping[str, Any]], options: RoundingOptions) -> LayerRounding:
@@ -268,5 +294,7 @@ def _result_id(graph: DataflowGraph, enc: TensorEncoding, options: RoundingOptio
         facts.update(bias_correction=options.bias_correction, adaround=options.adaround, output_range=options.output_range)
     if options.bias_correction and not options.prefix_means:
         facts.update(bias_inputs=AdaRoundInputs.FLOAT.value)
+    if options.inputs is AdaRoundInputs.QUANTIZED:
+        facts["inputs_version"] = INPUTS_VERSION
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return digest.hexdigest()

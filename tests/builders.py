@@ -163,6 +163,23 @@ def residual_add(seed: int = 0) -> onnx.ModelProto:
     )
 
 
+def conv_chain3(seed: int = 0) -> onnx.ModelProto:
+    #   x[N,2,5,5] ─ conv1 ─ relu1 ─► r1 ─ conv2 ─ relu2 ─► r2 ─ conv3 ─► y[N,2,5,5]: three groups, two borders
+    rng = np.random.default_rng(seed)
+    return _model(
+        """
+        g (float[N,2,5,5] x) => (float[N,2,5,5] y) {
+            [conv1] c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+            [relu1] r1 = Relu (c1)
+            [conv2] c2 = Conv <pads = [1, 1, 1, 1]> (r1, w2, b2)
+            [relu2] r2 = Relu (c2)
+            [conv3] y = Conv <pads = [1, 1, 1, 1]> (r2, w3, b3)
+        }""",
+        {name: _randn(rng, *shape) for name, shape in
+         [("w1", (2, 2, 3, 3)), ("b1", (2,)), ("w2", (2, 2, 3, 3)), ("b2", (2,)), ("w3", (2, 2, 3, 3)), ("b3", (2,))]},
+    )
+
+
 def concat_branches(seed: int = 0) -> onnx.ModelProto:
     #               ┌─ conv_a(w_a 1x1) ─► ca ─ relu_a ─► a ─┐
     #   x[N,3,6,6] ─┤                                       concat ─► cat[N,6,6,6] ─ conv_c(w_c) ─► y[N,2,6,6]

@@ -111,3 +111,18 @@ def test_cli_weight_rounding_writes_the_adarounded_model(tmp_path):
     assert not (tmp_path / "nearest" / "model.adarounded.onnx").exists()
     assert (tmp_path / "adaround" / "model.adarounded.onnx").exists()
     assert (tmp_path / "adaround" / "adaround.jsonl").exists()
+
+
+@pytest.mark.parametrize("budget, inputs", [({"bits": "W4A8"}, "quantized"), ({"target_bops": 0.3}, "float")])
+def test_homogeneous_runs_round_on_the_quantized_prefix_searches_on_the_float_network(budget, inputs, tmp_path, monkeypatch):
+    from onnxmp import pipeline
+
+    seen = []
+
+    def recording(calibrated, settings, output_dir, *, options, progress=None):
+        seen.append(options.inputs.value)
+        return steps.adaround(calibrated, settings, output_dir, options=options, progress=progress)
+
+    monkeypatch.setattr(pipeline, "adaround", recording)
+    onnxmp.quantize(DIGITS, profile="npu", calib=DIGITS_CALIB, output_dir=tmp_path, settings=ADAROUND, **budget)
+    assert seen == [inputs]

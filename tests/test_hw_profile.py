@@ -97,6 +97,14 @@ def test_minimal_profile_defaults_and_op_kernels(tmp_path):
     assert profile.description == ""
 
 
+def test_float_among_kernels_lets_groups_stay_float(tmp_path):
+    profile = hw_profile.load_profile(_write(tmp_path, "kernels: [W8A8, FLOAT, W8A16]\n" + OPS))
+    assert profile.float_groups and profile.kernels == (Candidate(8, 16), Candidate(8, 8))  # float is no kernel
+    assert not hw_profile.load_profile(_write(tmp_path, "kernels: [W8A8]\n" + OPS)).float_groups
+    ort = hw_profile.load_profile("ort-cpu")
+    assert ort.float_groups and ort.kernels == (Candidate(8, 16), Candidate(8, 8))
+
+
 def test_per_tensor_symmetric_scheme(tmp_path):
     schemes = "schemes:\n  weights: {granularity: per_tensor}\n  activations: {symmetric: true}\n"
     profile = hw_profile.load_profile(_write(tmp_path, "kernels: [W8A8]\n" + OPS + schemes))
@@ -108,8 +116,12 @@ def test_per_tensor_symmetric_scheme(tmp_path):
     ("text", "message"),
     [
         ("kernels: [W8A8, W3A99]\n" + OPS, "kernels[1]: 'W3A99': bit-width 99 outside 2..16"),
-        ("kernels: [W8A8, X8]\n" + OPS, "kernels[1]: unknown 'X8' (expected e.g. 'W4A8')"),
+        ("kernels: [W8A8, X8]\n" + OPS, "kernels[1]: unknown 'X8' (expected e.g. 'W4A8' or 'float')"),
         ("kernels: [A8]\n" + OPS, "kernels[0]: 'A8' has no weight bits (expected e.g. 'W4A8')"),
+        ("kernels: [float, W8A8, flaot]\n" + OPS, "kernels[2]: unknown 'flaot' (expected e.g. 'W4A8' or 'float')"),
+        ("kernels: [float, W8A8, Float]\n" + OPS, "kernels[2]: 'float' listed twice"),
+        ("kernels: [float]\n" + OPS, "kernels: 'float' alone: list at least one kernel such as W8A8 beside it"),
+        ("kernels: [float, W8A8]\n" + OPS + "op_kernels:\n  Conv: [float]\n", "op_kernels.Conv[0]: unknown 'float' (expected e.g. 'W4A8')"),
         ("kernels: [W1A8]\n" + OPS, "kernels[0]: 'W1A8': bit-width 1 outside 2..16"),
         ("kernels: [W8A32]\n" + OPS, "kernels[0]: 'W8A32': bit-width 32 outside 2..16"),
         ("kernels: [W8A8, w8a8]\n" + OPS, "kernels[1]: 'w8a8' listed twice"),

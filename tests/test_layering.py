@@ -32,6 +32,7 @@ NAMED_LAYERS = {
     "onnxmp.pipeline": PIPELINE,
     "onnxmp.steps": PIPELINE,
     "onnxmp.emit": PIPELINE,
+    "onnxmp.latency_check": PIPELINE,
     "onnxmp.apply": PIPELINE,
     "onnxmp.cli": CLI,
     "onnxmp.cli_options": CLI,

@@ -93,3 +93,39 @@ def test_cli_target_latency_and_strategy_amed(latency_run, profile, tmp_path):
     both = CliRunner().invoke(main, [*args, "--target-latency", "1", "--target-bops", "0.5"])
     assert both.exit_code == 2
     assert "give exactly one of --bits, --target-bops, --min-sqnr, --max-drop, --target-latency" in both.output
+
+
+ORT_PROFILE = """name: tiny-ort
+kernels: [float, W8A16, W8A8]
+ops:
+  quantized: [Conv, Gemm, MatMul, Add, Concat, GlobalAveragePool, AveragePool]
+  passthrough: [Reshape, Flatten, Relu, Clip, MaxPool]
+latency: {model: ort, threads: 1, runs: 3, warmups: 1}
+"""
+
+
+def test_ort_profile_offers_float_and_checks_the_estimate_by_measurement(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from onnxmp.cli import main
+    from onnxmp.float_candidate import FLOAT
+    from onnxmp.phase1.ort_model import STORE_KIND
+
+    profile = tmp_path / "ort.yaml"
+    profile.write_text(ORT_PROFILE)
+    args = ["quantize", str(DIGITS), "--profile", str(profile), "--calib", str(DIGITS_CALIB), "-o", str(tmp_path / "out"),
+            "--cost", "latency", "--min-sqnr", "20"]
+    for _ in range(2):  # the second run reads the group timings and the border fit back
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    assert "measured latency" in result.output and "estimate error" in result.output
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["measured_latency_ms"] > 0 and plan["latency_estimate_error_pct"] is not None
+    with open(tmp_path / "out" / "pareto.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    assert float(first["predicted_sqnr_db"]) == float("inf")  # the curve starts with every group float
+    lines = [json.loads(line) for line in (tmp_path / "out" / "phase1.jsonl").read_text().splitlines()]
+    stored = [entry for entry in lines if entry.get("kind") == STORE_KIND]
+    assert len(stored) == 1 and any(c == str(FLOAT) for _, c, _ in stored[0]["group_ms"])

@@ -21,8 +21,8 @@ from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, build
 from onnxmp.passes.correct_biases import biases_for, with_biases
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier, subgraph
+from onnxmp.passes.frontier_walk import DEFAULT_BUDGET_BYTES, FrontierWalk
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
-from onnxmp.phase1.frontier_walk import DEFAULT_BUDGET_BYTES, FrontierWalk
 from onnxmp.phase1.measure import OutputNoise, measure_chunks, signal_of
 from onnxmp.records import Candidate, GroupAnalysis, Plan, QuantizerGroup, TensorEncoding
 

@@ -16,7 +16,7 @@ import onnx
 
 from onnxmp import calib_data, quant_math, runtime
 from onnxmp.calib_data import CalibrationSet
-from onnxmp.phase1.frontier_walk import Chunk
+from onnxmp.passes.frontier_walk import Chunk
 
 Reference = Mapping[str, Sequence[np.ndarray]]  # float outputs by name, one array per run
 

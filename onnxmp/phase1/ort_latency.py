@@ -16,6 +16,8 @@ Rule cases:
    candidate minus at float: per-run overheads cancel in the differences. What it misses
    (conversions where a float group meets a quantized one, fusions across groups) is what
    `estimate_error` reports against a whole-model measurement.
+   Conversions at borders are priced by `onnxmp.phase1.ort_borders` (`OrtLatency.borders`):
+   estimate = float model + group deltas + the cost of every border whose groups' kinds differ.
 4. `GroupTiming.IN_CONTEXT` (the default of `measure_groups`) replaces rule 2 by the
    group's share of ORT's per-node profile of the whole timing model of rule 1: a subgraph
    timed alone pays layout conversions at its borders that a model pays once.
@@ -42,6 +44,7 @@ from onnxmp.graph import DataflowGraph, build
 from onnxmp.latency_spec import OrtSpec
 from onnxmp.passes.extract_subgraph import frontier, subgraph
 from onnxmp.passes.insert_qdq import insert_qdq
+from onnxmp.phase1.ort_borders import Border, BorderCost, crossing
 from onnxmp.records import Candidate, GroupAnalysis, Plan, QuantizerGroup, TensorEncoding
 
 _FUSED = frozenset({"Relu", "Clip"})
@@ -49,20 +52,38 @@ _FUSED = frozenset({"Relu", "Clip"})
 
 @dataclass(frozen=True)
 class OrtLatency:
-    """Per-(group, candidate) subgraph times and the whole float model's time, in ms."""
+    """Per-(group, candidate) times, the whole float model's time (ms), and the border model."""
 
     group_ms: Mapping[tuple[str, Candidate], float]
     float_model_ms: float
+    borders: tuple[Border, ...] = ()
+    border_cost: BorderCost = BorderCost()
 
-    def latency_ms(self, plan: Plan) -> float:
-        """Rule 3: the additive estimate of `plan`."""
+    def additive_ms(self, plan: Plan) -> float:
+        """Rule 3 without borders: float model + each group's change from float."""
         return self.float_model_ms + sum(
             self.group_ms[(g, c)] - self.group_ms[(g, float_of(c))] for g, c in plan.items() if not is_float(c)
         )
 
+    def border_ms(self, plan: Plan) -> float:
+        """What the borders whose groups run as different kinds cost under `plan`."""
+        return sum(self.border_cost.of(b) for b in crossing(plan, self.borders))
 
-def median_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec) -> float:
-    """Median wall time of one run of `model` (deployment session: QDQ fusions on)."""
+    def latency_ms(self, plan: Plan) -> float:
+        """The estimate of `plan`: additive part plus borders."""
+        return self.additive_ms(plan) + self.border_ms(plan)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A whole-model measurement: median and interquartile range of one run, in ms."""
+
+    median_ms: float
+    iqr_ms: float
+
+
+def timed(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec) -> Timing:
+    """Median and spread of one run of `model` (deployment session: QDQ fusions on)."""
     session = runtime.session(model, threads=spec.threads, simulate=False)
     for _ in range(spec.warmups):
         session.run(None, dict(feeds))
@@ -70,8 +91,33 @@ def median_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: Ort
     for _ in range(spec.runs):
         start = time.perf_counter()
         session.run(None, dict(feeds))
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        times.append(1000 * (time.perf_counter() - start))
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Timing(statistics.median(times), quartiles[2] - quartiles[0])
+
+
+def paired_ms(first: onnx.ModelProto, second: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec) -> tuple[float, float]:
+    """Median run times of two models timed alternately, run by run.
+
+    Why: on a shared machine the load drifts between two measurements taken one after the
+    other; alternating runs exposes both models to the same load, so their difference holds.
+    """
+    sessions = [runtime.session(m, threads=spec.threads, simulate=False) for m in (first, second)]
+    for _ in range(spec.warmups):
+        for session in sessions:
+            session.run(None, dict(feeds))
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(spec.runs):
+        for session, kept in zip(sessions, times, strict=True):
+            start = time.perf_counter()
+            session.run(None, dict(feeds))
+            kept.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def median_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: OrtSpec) -> float:
+    """Median wall time of one run of `model` (deployment session: QDQ fusions on)."""
+    return timed(model, feeds, spec).median_ms
 
 
 def group_times(
@@ -124,15 +170,6 @@ def random_feeds(model: onnx.ModelProto, rng: np.random.Generator, batch: int = 
         values = rng.standard_normal(dims) if np.issubdtype(dtype, np.floating) else rng.integers(0, 100, dims)
         feeds[info.name] = values.astype(dtype)
     return feeds
-
-
-def estimate_error(estimate_ms: float, measured_ms: float) -> float:
-    """(estimate - measured) / measured, in percent.
-
-    >>> estimate_error(11.0, 10.0)
-    10.0
-    """
-    return 100 * (estimate_ms - measured_ms) / measured_ms
 
 
 class GroupTiming(enum.Enum):

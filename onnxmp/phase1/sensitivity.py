@@ -116,21 +116,6 @@ def stored_results(store: ResultStore, kind: str = STORE_KIND) -> dict[tuple[str
     return stored
 
 
-def missing(store: ResultStore, analysis: GroupAnalysis) -> int:
-    """How many (group, candidate) results of `analysis` `store` lacks."""
-    done = stored_results(store)
-    return sum((g.id, c) not in done for g in analysis.groups for c in g.candidates)
-
-
-def stored_table(store: ResultStore, analysis: GroupAnalysis) -> SensitivityTable | None:
-    """The whole table `store` holds for `analysis`, None when any (group, candidate) is missing."""
-    done = stored_results(store)
-    tasks = [(g.id, c) for g in analysis.groups for c in g.candidates]
-    if not tasks or any(t not in done for t in tasks):
-        return None
-    return SensitivityTable({t: done[t].noise.sqnr_db for t in tasks})
-
-
 def split_jobs(
     context: Phase1Context, pending: frozenset[tuple[str, Candidate]], placement: Placement = Placement()
 ) -> list[Phase1Job]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from onnxmp.records import SearchMethod, Strategy
 from onnxmp.search import adaqat, amed, greedy, mixquant
 from onnxmp.search.select import select_best, select_by_bops, select_by_latency, select_by_target
+from onnxmp.search.select_measured import check_selection, verify_budget, verify_selection
 from onnxmp.search.space import QuantErrorTable, SearchSpace, StrategyFunction, StrategyOptions
 
 STRATEGIES: dict[Strategy, StrategyFunction] = {
@@ -31,8 +32,11 @@ __all__ = [
     "SearchSpace",
     "Strategy",
     "StrategyOptions",
+    "check_selection",
     "select_best",
     "select_by_bops",
     "select_by_latency",
     "select_by_target",
+    "verify_budget",
+    "verify_selection",
 ]

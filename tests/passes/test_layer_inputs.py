@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from onnxmp import graph as graph_index
-from onnxmp.passes.collect_grams import with_outputs
 from onnxmp.passes.layer_inputs import (
     from_matrices,
     layout_of,
@@ -21,7 +20,7 @@ def _outputs_as_rows(model, weight: str, feeds, out: str) -> tuple[np.ndarray, n
     """(rows @ W^T from the unfolded input, the op's own output) per (sample, position, channel)."""
     index = builders.canonical(model).graph
     layout = layout_of(index, weight)
-    values = oracles.run(with_outputs(model, [layout.input, out]), feeds)
+    values = oracles.run(oracles.with_outputs(model, [layout.input, out]), feeds)
     rows = unfold(values[layout.input], layout, 10**6, np.random.default_rng(0))  # every position
     matrices = to_matrices(index.constant(weight), layout)
     product = np.einsum("mgk,gok->mgo", rows.astype(np.float64), matrices.astype(np.float64))

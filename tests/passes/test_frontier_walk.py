@@ -15,9 +15,9 @@ import pytest
 
 from onnxmp import hw_profile, model_io, runtime, steps
 from onnxmp.calib_data import load_arrays
+from onnxmp.passes import frontier_walk
 from onnxmp.passes.extract_subgraph import affected_nodes, frontier
-from onnxmp.phase1 import frontier_walk
-from onnxmp.phase1.frontier_walk import FrontierWalk
+from onnxmp.passes.frontier_walk import FrontierWalk
 from onnxmp.phase1.jobs import network_order
 from tests import builders, oracles
 

@@ -1,4 +1,4 @@
-"""Float values of the tensors each phase-1 suffix reads, walked forward group by group.
+"""Values of the tensors each phase-1 suffix (or AdaRound layer) reads, walked forward step by step.
 
 Why: a group's suffix needs the float values of its frontier (the cut tensors it reads)
 for every calibration sample. Computing them from the model inputs for every group costs a
@@ -16,6 +16,10 @@ Rule cases:
 2. A checkpoint tensor is dropped once no later frontier reads it; graph inputs stay.
 3. Samples always go through in chunks of `batch_size`, so memory beyond the checkpoint is
    one chunk's activations.
+4. The walked model may change ahead of the walk (`set_constant`): AdaRound walks the
+   network quantized so far and replaces each weight once it is rounded. A segment reads
+   the model when it is built, so a constant may change only while no node reading it has
+   run yet (its consumers are all at or after the current frontier).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class FrontierWalk:
         self._input_bytes = sum(v.nbytes for v in (*calib.arrays.values(), *calib.shared.values()))
         self._keep = _still_read(self._frontiers, set(graph.graph_inputs))
         self._step = -1
-        self._segment: tuple | None = None  # (wanted, session, inputs) of the last computed segment
+        self._segment: tuple[tuple[str, ...], runtime.Session, tuple[str, ...]] | None = None  # (wanted, session, inputs) of the last computed segment
 
     @property
     def stored_bytes(self) -> int:
@@ -84,6 +88,12 @@ class FrontierWalk:
         if all(t in self._stored for t in wanted):
             return self._slices(wanted)
         return self._computed(wanted)
+
+    def set_constant(self, value: onnx.TensorProto) -> None:
+        """Replace the initializer `value.name` of the walked model (rule 4)."""
+        init = next(i for i in self._model.graph.initializer if i.name == value.name)
+        init.CopyFrom(value)
+        self._segment = None
 
     def _advance(self, step: int) -> None:
         if step < self._step:
@@ -151,8 +161,9 @@ def _per_sample_bytes(graph: DataflowGraph, tensors: Sequence[str]) -> int | Non
     total = 0
     for tensor in tensors:
         shape = graph.shapes.get(tensor)
-        if not shape or any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+        dims = [d for d in (shape or ())[1:] if isinstance(d, int) and d > 0]
+        if not shape or len(dims) != len(shape) - 1:
             return None
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(graph.elem_types.get(tensor, onnx.TensorProto.FLOAT)).itemsize
-        total += math.prod(shape[1:]) * itemsize
+        total += math.prod(dims) * itemsize
     return total
