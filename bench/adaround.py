@@ -41,8 +41,8 @@ from onnxmp.search import select_by_bops  # noqa: E402
 from onnxmp.search.greedy import pareto_curve  # noqa: E402
 from onnxmp.store import ResultStore  # noqa: E402
 
-BUDGETS = (0.375, 0.3)
-TARGETS = {"W4A8": 79.0, "MP@0.375": 82.2, "MP@0.3": 81.0}
+BUDGETS = {"npu": (0.375, 0.3), "research": (0.25,)}
+TARGETS = {"W4A8": 79.0, "MP@0.375": 82.2, "MP@0.3": 81.0, "MP@0.25": 81.0}
 
 
 def peak_rss_mib() -> float:
@@ -65,8 +65,8 @@ def resident_mib() -> float:
 
 
 def adaround(calibrated, settings, inputs_mode: AdaRoundInputs, cache: Path):
-    """AdaRound every weight at 4 bits (W8 stays nearest); returns (calibrated, wall s, cpu s)."""
-    options = replace(steps.ADAROUND, inputs=inputs_mode, max_bits=4)
+    """AdaRound every weight up to 6 bits (W8 stays nearest); returns (calibrated, wall s, cpu s)."""
+    options = replace(steps.ADAROUND, inputs=inputs_mode)
     print(f"resident before AdaRound {resident_mib():.0f} MiB", flush=True)
     reset_peak_rss()
     start, cpu = time.perf_counter(), time.process_time()
@@ -104,13 +104,14 @@ def mixed(calibrated, settings, label: str, images, labels, root: Path) -> list[
     start = time.perf_counter()
     context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib,
                             calibrated.reference, settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded, calibrated.biases)
-    store = pipeline.open_store(root / f"phase1-adaround-{label}", prepared, settings)
+    suffix = "" if prepared.profile.name == "npu" else f"-{prepared.profile.name}"
+    store = pipeline.open_store(root / f"phase1-adaround-{label}{suffix}", prepared, settings)
     table = sensitivity(context, store=store)
     print(f"[{label}] phase 1 {time.perf_counter() - start:.0f} s (0 if resumed), "
           f"its own peak RSS {peak_rss_since_reset_mib():.0f} MiB", flush=True)
     curve = pareto_curve(table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
     rows = []
-    for budget in BUDGETS:
+    for budget in BUDGETS[prepared.profile.name]:
         plan = select_by_bops(curve, budget).point.plan
         point = steps.point_of(plan, prepared, table)
         measured = steps.measured_sqnr(calibrated, plan, settings.batch_size)
@@ -174,7 +175,7 @@ def small_model(name: str, model, calib, images, labels, names: list[str] | None
         table = sensitivity(context, store=ResultStore(Path(tempfile.mkdtemp()) / "p1.jsonl", name))
         curve = pareto_curve(table, prepared.analysis.groups, prepared.group_bops, prepared.reference_bops)
         plans = [("W4A8", run_records.homogeneous_plan(prepared.analysis, Candidate(4, 8), prepared.profile))]
-        plans += [(f"MP@{b:g}", select_by_bops(curve, b).point.plan) for b in BUDGETS]
+        plans += [(f"MP@{b:g}", select_by_bops(curve, b).point.plan) for b in BUDGETS["npu"]]
         for config, plan in plans:
             point = steps.point_of(plan, prepared, table)
             measured = steps.measured_sqnr(calibrated, plan, settings.batch_size)
@@ -190,6 +191,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="AdaRound and phase 1 recomputed (stores in a new temporary folder)")
     parser.add_argument("--skip-nearest", action="store_true", help="no rows with nearest rounding (measured before)")
     parser.add_argument("--inputs", choices=["float", "quantized", "both"], default="both")
+    parser.add_argument("--profile", choices=sorted(BUDGETS), default="npu",
+                        help="npu: MP@0.375 and MP@0.3; research: MP@0.25 (W4 and W6 AdaRounded)")
     parser.add_argument("--digits", action="store_true", help="the shipped digits CNN instead (no ../shared needed)")
     parser.add_argument("--variants", help=f"comma-separated W4A8 rows only, of {','.join(VARIANTS)}")
     parser.add_argument("--mnist", action="store_true", help="../shared's MNIST CNN instead")
@@ -206,7 +209,7 @@ def main() -> None:
     images, labels = images[: args.val], labels[: args.val]
     print(f"EfficientNet-Lite0, calibration {args.calib} imagenet/samples, top-1 on {args.val} imagenet/val", flush=True)
     settings = run_records.Settings(weight_rounding=WeightRounding.ADAROUND)
-    model_, profile, calib = inputs.load_inputs(model, "npu", calib)
+    model_, profile, calib = inputs.load_inputs(model, args.profile, calib)
     prepared = steps.prepare(model_, profile, calib)
     nearest = steps.calibrate_ranges(prepared, calib, settings)
     w4a8 = run_records.homogeneous_plan(prepared.analysis, Candidate(4, 8), profile)
@@ -220,7 +223,7 @@ def main() -> None:
         print(f"  {rows[-1]}", flush=True)
 
     root = Path(tempfile.mkdtemp()) if args.fresh else Path(imagenet.CACHE)
-    cache = root / f"adaround-{args.calib}"
+    cache = root / f"adaround-{args.calib}"  # results are keyed by weight, bits, scale, data: profiles share them
     if names:
         variants(nearest, settings, names, cache, score)
     elif not args.skip_nearest:
