@@ -1,4 +1,4 @@
-"""Empirical bias correction: the exact correction on a hand Gemm and a hand Conv.
+"""Empirical bias correction: the exact correction on a hand Gemm, a hand Conv and a chain of two Gemms.
 
 Gemm (one output, two inputs, scale 1/4, 4 bits): w = [0.3, -0.2] rounds to [1, -1] / 4,
 errors d = [-0.05, -0.05]; the inputs [1, 3] and [3, 5] have mean [2, 4], so the mean output
@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import build
+from onnxmp.passes.canonicalize import infer_shapes
 from onnxmp.passes.correct_biases import why_not_correctable, with_biases
 from onnxmp.passes.layer_inputs import layout_of
 from onnxmp.passes.round_weights import RoundingOptions, round_layers
@@ -96,3 +97,35 @@ def test_means_follow_adaround_unless_given() -> None:
     assert not RoundingOptions(bias_correction=True, adaround=False).prefix_means  # nearest: the float means
     assert not RoundingOptions(inputs=AdaRoundInputs.FLOAT).prefix_means
     assert RoundingOptions(adaround=False, bias_inputs=AdaRoundInputs.QUANTIZED).prefix_means
+
+
+CHAIN = """g (float[N,2] x) => (float[N,1] y) {
+    [gemm1] h = Gemm <transB = 1> (x, w1, b1)
+    [gemm2] y = Gemm <transB = 1> (h, w2, b2)
+}"""
+
+
+def test_the_walked_network_carries_the_corrected_biases_of_the_layers_before() -> None:
+    """Nearest + bias correction from the quantized prefix's means on two chained Gemms.
+
+    gemm1 as in the Gemm case above: b1 0.5 -> 0.8. With it, h = [0.3, 0.3] in the quantized
+    network (without it [0, 0]); float h = [0.2, 0.4], mean 0.3. gemm2: w2 = 0.3 -> 0.25, so
+    b2' = 0 - (0.25 * 0.3 - 0.3 * 0.3) = 0.015 (0.09 had the walk kept b1 = 0.5).
+    """
+    w1, b1, w2, b2 = np.array([[0.3, -0.2]]), np.array([0.5]), np.array([[0.3]]), np.array([0.0])
+    seen = []
+
+    def quantized(done):  # nearest weights, and the corrected biases chosen so far
+        seen.append(sorted(w for w, _ in done.biases))
+        network = _model(CHAIN, w1=np.round(w1 / 0.25) * 0.25, b1=b1, w2=np.round(w2 / 0.25) * 0.25, b2=b2)
+        return with_biases(network, {w: b for (w, _), b in done.biases.items()})
+
+    encodings = {(w, 4): TensorEncoding(w, 4, (0.25,), (0,), Grid.SYMMETRIC_SIGNED, 0) for w in ("w1", "w2")}
+    options = RoundingOptions(adaround=False, bias_correction=True, bias_inputs=AdaRoundInputs.QUANTIZED)
+    x = np.array([[1, 3], [3, 5]], np.float32)
+    model = infer_shapes(_model(CHAIN, w1=w1, b1=b1, w2=w2, b2=b2))  # the walk crosses cuts by dtype, as on prepared models
+    got = round_layers(model, encodings, CalibrationSet({"x": x}),
+                       options=options, quantized=quantized)
+    assert got.biases[("w1", 4)].tolist() == pytest.approx([0.8], abs=1e-6)
+    assert got.biases[("w2", 4)].tolist() == pytest.approx([0.015], abs=1e-6)
+    assert seen == [[], ["w1"]]  # the walk starts unrounded; gemm1's bias reaches it before gemm2
