@@ -6,8 +6,9 @@ the same layers for each dataflow (os, ws, is) and the per-layer compute cycles,
 cycles and DRAM traffic are printed next to onnxmp's numbers.
 
 Why a separate interpreter: scalesim 3.0.0 crashes under numpy 2 (memory/read_buffer.py,
-`int(max(array))`), so it runs in a venv with numpy 1.26 (--scalesim-python, default
-/work/venv-scalesim/bin/python), as a subprocess, with traces off (save_disk_space).
+`int(max(array))`), so it runs in a venv with numpy 1.26 (`pip install -e .[latency]`
+there; --scalesim-python, default /work/venv-scalesim/bin/python), as a subprocess, with
+traces off (save_disk_space).
 
 Matching the two models:
 * SCALE-Sim fixes a word at one byte (single_layer_sim.py: `word_size = 1`) and counts
