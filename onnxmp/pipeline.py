@@ -107,7 +107,8 @@ def search_point(
 def _plain_phase1(prepared: Prepared, settings: Settings, store: ResultStore) -> tuple[SensitivityTable | None, ParetoCurve]:
     """The plain run's (nearest rounding, no bias correction, MSE ranges) table and curve when it left
     them in the same store file: read, never measured here (that would double phase 1; README "AdaRound")."""
-    plain = replace(settings, weight_rounding=WeightRounding.NEAREST, bias_correction=False, output_range=False)
+    plain = replace(settings, weight_rounding=WeightRounding.NEAREST, bias_correction=False, output_range=False,
+                    activation_clipping=ActivationClipping.TENSOR)
     other = open_store(store.path.parent, prepared, plain)
     table = stored_table(other, prepared.analysis) if other.key != store.key else None
     return table, (curves.stored_curves(other, table).get(settings.curve_label, ()) if table is not None else ())
@@ -210,8 +211,7 @@ def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> Resu
 
 
 def clip(calibrated: Calibrated, settings: Settings, output_dir: Path, progress: Progress | None = None) -> Calibrated:
-    """`calibrated` with activation ranges tightened at the network output (a no-op unless
-    the clipping is `output`); measurements are kept in the phase-1 store of `output_dir`."""
+    """`calibrated` with ranges tightened at the network output (clipping `output`); kept in the phase-1 store."""
     prepared = calibrated.prepared
     if activation_clipping(prepared, settings) is ActivationClipping.TENSOR:
         return calibrated
