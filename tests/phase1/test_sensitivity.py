@@ -394,7 +394,7 @@ def _phase1_results(output_dir: Path) -> dict[tuple[str, str], tuple]:
 
 
 def test_interrupted_runs_resume_to_the_same_result(tmp_path):
-    clean, killed, interrupted = tmp_path / "clean", tmp_path / "killed", tmp_path / "interrupted"
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
     baseline = _start(clean)  # runs alongside the first interrupted run
 
     returncode, _ = _interrupt(killed, signal.SIGKILL)
@@ -405,7 +405,11 @@ def test_interrupted_runs_resume_to_the_same_result(tmp_path):
     stored = (killed / pipeline.STORE_NAME).read_bytes().count(b"\n")
     assert 3 <= stored < len(_phase1_results(clean))
 
-    returncode, stderr = _interrupt(interrupted, signal.SIGINT)
+    for attempt in range(3):  # a loaded machine may let the run finish before SIGINT lands: try again
+        interrupted = tmp_path / f"interrupted{attempt}"
+        returncode, stderr = _interrupt(interrupted, signal.SIGINT)
+        if not (returncode == 0 and (interrupted / "plan.json").exists()):
+            break
     assert returncode == 130
     assert stderr.splitlines() == [
         f"onnxmp: interrupted; finished phase-1 results are kept in {interrupted}/{pipeline.STORE_NAME}"
