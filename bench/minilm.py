@@ -86,7 +86,8 @@ def setup(profile_name: str, calib, settings=SETTINGS, store_dir: Path | None = 
         return calibrated
     start = time.perf_counter()
     clipped = pipeline.clip(calibrated, settings, store_dir / profile_name)
-    print(f"[{profile_name}] output-aware clipping in {time.perf_counter() - start:.0f} s", flush=True)
+    moved = sum(clipped.encodings[k] != e for k, e in calibrated.encodings.items())
+    print(f"[{profile_name}] output-aware clipping in {time.perf_counter() - start:.0f} s, {moved} ranges moved", flush=True)
     return clipped
 
 

@@ -80,12 +80,11 @@ def clip_activations(
     tables = {factor: _measure(context, pairs, factor, store, placement, progress) for factor in CLIP_FACTORS}
     chosen = dict(context.encodings)
     for tensor, bits in pairs:
-        key = (_group_id(tensor, CLIP_FACTORS[0]), Candidate(None, bits))
-        best = max(CLIP_FACTORS, key=lambda f: (tables[f].of(_group_id(tensor, f), key[1]), -CLIP_FACTORS.index(f)))
+        sqnr = {f: tables[f].of(_group_id(tensor, f), Candidate(None, bits)) for f in CLIP_FACTORS}
+        best = max(CLIP_FACTORS, key=lambda f: (sqnr[f], -CLIP_FACTORS.index(f)))  # ties: the wider range
         chosen[(tensor, bits)] = scaled(context.encodings[(tensor, bits)], best)
         if best != 1.0:
-            logger.info("clip %s @ %d bits: x%g (%.2f -> %.2f dB alone)", tensor, bits, best,
-                        tables[1.0].of(*key), tables[best].of(_group_id(tensor, best), key[1]))
+            logger.info("clip %s @ %d bits: x%g (%.2f -> %.2f dB alone)", tensor, bits, best, sqnr[1.0], sqnr[best])
     return chosen
 
 
