@@ -29,6 +29,7 @@ import pytest
 
 from onnxmp import emit, files, output_folder, pipeline
 from onnxmp.phase1.sensitivity import STORE_KIND
+from tests.processes import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS, CALIB = REPO / "models" / "digits_cnn.onnx", REPO / "models" / "digits_calib.npz"
@@ -50,14 +51,9 @@ def _start(out: Path, executor: str, *budget: str) -> subprocess.Popen:
     return subprocess.Popen(
         _command(out, executor, *budget), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=ENV, cwd=REPO, start_new_session=True,  # its own process group, like a shell job
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
 
-
-def _default_sigint() -> None:
-    """A foreground job's Ctrl-C, whatever this test inherited (a shell runs background jobs,
-    and so this suite, with SIGINT ignored; the run would inherit that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
@@ -230,7 +226,7 @@ def test_ctrl_c_with_ray_keeps_streamed_results_and_ends_quickly(tmp_path, runs)
     out = tmp_path / "out"
     proc = subprocess.Popen(
         _command(out, "ray", "--target-bops", "0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**ENV, "RAY_AUTH_MODE": "disabled"}, start_new_session=True, preexec_fn=_default_sigint,
+        env={**ENV, "RAY_AUTH_MODE": "disabled"}, start_new_session=True, preexec_fn=default_sigint,
     )
     assert _wait_for(proc, _trigger(out, "phase1", random.Random(3)), "phase 1")
     os.killpg(proc.pid, signal.SIGINT)

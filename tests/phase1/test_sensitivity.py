@@ -29,6 +29,7 @@ from onnxmp.phase1.sensitivity import STORE_KIND, context_for, sensitivity
 from onnxmp.records import Candidate, Grid, Plan, TensorEncoding
 from onnxmp.store import ResultStore
 from tests import builders
+from tests.processes import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "digits_cnn.onnx"
@@ -364,15 +365,9 @@ def _command(output_dir: Path) -> list[str]:
 def _start(output_dir: Path) -> subprocess.Popen:
     return subprocess.Popen(
         _command(output_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
 
-
-def _default_sigint() -> None:
-    """A foreground job's Ctrl-C, whatever this test inherited: a shell starts background jobs
-    (a CI script run with `&`, and so this suite) with SIGINT ignored, and the run would keep
-    ignoring it (as any Unix program started with SIGINT ignored must)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _interrupt(output_dir: Path, sig: int) -> tuple[int, str]:
