@@ -115,22 +115,47 @@ def digits_jobs():
     return jobs
 
 
-def test_worker_results_arrive_as_they_are_measured(digits_jobs):
+def test_a_worker_sends_each_result_before_measuring_the_next(monkeypatch):
+    """Streaming, checked by order rather than by timing: `_work` must send result k before
+    `run_job` is asked for result k+1, so a killed run keeps everything measured so far."""
+    from onnxmp.phase1 import executors
+    from onnxmp.phase1.jobs import Phase1Result
+
+    events: list[str] = []
+
+    def measuring(job):
+        for k in range(3):
+            events.append(f"measured {k}")
+            yield Phase1Result(group=k, candidate=job, noise=0.0, seconds=0.0)
+
+    class Pipe:
+        def recv(self):
+            return "job"
+
+        def send(self, message):
+            kind, payload = message
+            events.append(f"sent {payload.group}" if kind == "entry" else kind)
+
+        def close(self):
+            events.append("closed")
+
+    monkeypatch.setattr(executors, "run_job", measuring)
+    monkeypatch.setattr(executors.signal, "signal", lambda *_: None)  # leave pytest's SIGINT alone
+    executors._work(Pipe())
+    assert events == ["measured 0", "sent 0", "measured 1", "sent 1", "measured 2", "sent 2", "done", "closed"]
+
+
+def test_worker_results_all_arrive_through_the_pipes(digits_jobs):
     from onnxmp.phase1.executors import run_in_processes
+    from onnxmp.phase1.jobs import run_jobs_here
 
-    arrivals: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
-    owner = {pair: i for i, job in enumerate(digits_jobs) for pair in job.pending}
-
-    def consume(result) -> None:
-        arrivals[owner[(result.group, result.candidate)]].append((time.monotonic(), result.seconds))
-
-    run_in_processes(digits_jobs, consume, workers=2)
-    for job, times in arrivals.items():
-        assert len(times) == len(digits_jobs[job].pending)
-        spread = times[-1][0] - times[0][0]
-        measured_after_first = sum(seconds for _, seconds in times[1:])
-        # streamed: the spread covers every later measurement; in one batch it would be ~0
-        assert spread >= 0.5 * measured_after_first > 0, (job, spread, measured_after_first)
+    received: list = []
+    run_in_processes(digits_jobs, received.append, workers=2)
+    here: list = []
+    run_jobs_here(digits_jobs, here.append)
+    key = lambda r: (r.group, r.candidate)  # noqa: E731
+    assert sorted(map(key, received)) == sorted(map(key, here)) == sorted(p for j in digits_jobs for p in j.pending)
+    assert {key(r): r.noise for r in received} == {key(r): r.noise for r in here}
 
 
 def test_an_error_in_a_worker_is_raised_here_without_a_hang(digits_jobs):
