@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
 
-from onnxmp import calib_data, inputs, pipeline, run_records, runtime, steps  # noqa: E402
+from onnxmp import calib_data, inputs, plan_rounding, run_records, run_store, runtime, steps  # noqa: E402
 from onnxmp.hw_profile import WeightRounding  # noqa: E402
 from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
 from onnxmp.records import Candidate  # noqa: E402
@@ -96,8 +96,9 @@ def variants(nearest, settings, names: list[str], cache: Path, score) -> None:
         score(calibrated, name)
 
 
-def mixed(calibrated, settings, label: str, images, labels, root: Path) -> list[tuple]:
-    """Phase 1, the greedy curve and the MP points of `calibrated` (its rounding stitched in)."""
+def mixed(calibrated, settings, label: str, images, labels, root: Path, refine: bool = True) -> list[tuple]:
+    """Phase 1, the greedy curve and the MP points of `calibrated` (its rounding stitched in);
+    with AdaRound and `refine`, each point again with its plan's weights rounded on its own network."""
     prepared = calibrated.prepared
     print(f"resident before phase 1 {resident_mib():.0f} MiB", flush=True)
     reset_peak_rss()
@@ -105,7 +106,7 @@ def mixed(calibrated, settings, label: str, images, labels, root: Path) -> list[
     context = Phase1Context(prepared.model, prepared.analysis, calibrated.encodings, calibrated.calib,
                             calibrated.reference, settings.batch_size, prepared.profile.quantize_bias, calibrated.rounded, calibrated.biases)
     suffix = "" if prepared.profile.name == "npu" else f"-{prepared.profile.name}"
-    store = pipeline.open_store(root / f"phase1-adaround-{label}{suffix}", prepared, settings)
+    store = run_store.open_store(root / f"phase1-adaround-{label}{suffix}", prepared, settings)
     table = sensitivity(context, store=store)
     print(f"[{label}] phase 1 {time.perf_counter() - start:.0f} s (0 if resumed), "
           f"its own peak RSS {peak_rss_since_reset_mib():.0f} MiB", flush=True)
@@ -115,9 +116,17 @@ def mixed(calibrated, settings, label: str, images, labels, root: Path) -> list[
         plan = select_by_bops(curve, budget).point.plan
         point = steps.point_of(plan, prepared, table)
         measured = steps.measured_sqnr(calibrated, plan, settings.batch_size)
-        acc = imagenet.top1(steps.simulate(prepared, plan, calibrated.encodings, calibrated.rounded), images, labels)
+        acc = imagenet.top1(steps.simulate(prepared, plan, calibrated.encodings, calibrated.rounded, calibrated.biases), images, labels)
         rows.append((label, f"MP@{budget:g}", point.bops_rel, point.predicted_sqnr_db, measured, acc))
         print(f"  {rows[-1]}", flush=True)
+        if calibrated.rounded and refine:  # the chosen plan AdaRounded again on its own network (plan_rounding)
+            start = time.perf_counter()
+            refined = plan_rounding.round_plan(calibrated, plan, settings, root / "adaround-plans")
+            seconds = time.perf_counter() - start
+            acc = imagenet.top1(steps.simulate(prepared, plan, refined.encodings, refined.rounded, refined.biases), images, labels)
+            rows.append((f"{label}+plan", f"MP@{budget:g}", point.bops_rel, point.predicted_sqnr_db,
+                         steps.measured_sqnr(refined, plan, settings.batch_size), acc))
+            print(f"  {rows[-1]} (plan AdaRound {seconds:.0f} s, 0 if cached)", flush=True)
     return rows
 
 

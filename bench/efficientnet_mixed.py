@@ -23,7 +23,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
 
-from onnxmp import inputs, pipeline, run_records, steps  # noqa: E402
+from onnxmp import inputs, run_records, run_store, steps  # noqa: E402
 from onnxmp.phase1.sensitivity import Phase1Context, sensitivity  # noqa: E402
 from onnxmp.records import Candidate  # noqa: E402
 from onnxmp.search import SearchMethod, select_by_bops, select_by_target  # noqa: E402
@@ -42,7 +42,7 @@ def run_profile(name: str, model: onnx.ModelProto, calib, images, labels, fp32: 
     prepared = steps.prepare(model_, profile, calib)
     calibrated = steps.calibrate_ranges(prepared, calib, settings)
     encodings = calibrated.encodings
-    store = pipeline.open_store(imagenet.CACHE / f"phase1-{name}", prepared, settings)
+    store = run_store.open_store(imagenet.CACHE / f"phase1-{name}", prepared, settings)
     start = time.perf_counter()
     context = Phase1Context(prepared.model, prepared.analysis, encodings, calib, calibrated.reference,
                             settings.batch_size, profile.quantize_bias)

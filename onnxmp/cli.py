@@ -14,7 +14,17 @@ from pathlib import Path
 import click
 
 from onnxmp import apply as apply_step
-from onnxmp import bops, calib_data, hw_profile, model_io, pipeline, report, report_html, steps
+from onnxmp import (
+    bops,
+    calib_data,
+    hw_profile,
+    model_io,
+    pipeline,
+    report,
+    report_html,
+    run_store,
+    steps,
+)
 from onnxmp.calib_data import Preprocess
 from onnxmp.cli_options import Progress, RunOptions, common_options, run_options
 from onnxmp.errors import BudgetError, CalibrationError, OnnxmpError, first_line, printable
@@ -39,8 +49,8 @@ def handle_errors(command):
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             out = kwargs.get("output_dir")
-            kept = out is not None and (Path(out) / pipeline.STORE_NAME).is_file()  # apply and groups keep none
-            where = f"; finished phase-1 results are kept in {out}/{pipeline.STORE_NAME}" if kept else ""
+            kept = out is not None and (Path(out) / run_store.STORE_NAME).is_file()  # apply and groups keep none
+            where = f"; finished phase-1 results are kept in {out}/{run_store.STORE_NAME}" if kept else ""
             click.echo(printable(f"onnxmp: interrupted{where}"), err=True)
             sys.exit(EXIT_INTERRUPTED)
         except OnnxmpError as e:

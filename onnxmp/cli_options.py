@@ -32,23 +32,29 @@ def common_options(command):
 
 
 class Progress:
-    """Phase-1 progress on a terminal (group k of G, time left); silent in logs and CI."""
+    """Progress of the long steps on a terminal (item k of N, time left); silent in logs and CI.
+
+    `what` is "step: item" (`pipeline` names the steps: clipping, adaround, phase 1, ...); the
+    time-left estimate restarts when the step changes.
+    """
 
     def __init__(self) -> None:
         self.enabled = sys.stderr.isatty()
         self.start = time.perf_counter()
         self.first: int | None = None
+        self.step = ""
 
     def __call__(self, done: int, total: int, what: str) -> None:
         if not self.enabled:
             return
-        if self.first is None:
-            self.first, self.start = done, time.perf_counter()
+        step, known, item = what.partition(": ")
+        step, item = (step, item) if known else ("", what)
+        if self.first is None or step != self.step:
+            self.first, self.start, self.step = done, time.perf_counter(), step
         rate = (time.perf_counter() - self.start) / max(done - self.first, 1)
         left = rate * (total - done) if done > self.first else float("nan")
-        end = "\n" if done == total else ""
-        click.echo(f"\rphase 1: {done}/{total}  {what[:40]:40s}  ~{left:5.0f}s left", err=True, nl=False)
-        if end:
+        click.echo(f"\r{step or 'phase 1'}: {done}/{total}  {item[:40]:40s}  ~{left:5.0f}s left", err=True, nl=False)
+        if done == total:
             click.echo("", err=True)
 
 
@@ -81,6 +87,8 @@ def run_options(command):
                      help="Fold each layer's mean output error into its bias [default: the profile's]."),
         click.option("--output-aware-range", "output_range", is_flag=True,
                      help="Choose weight scales by the layer-output error instead of the weight MSE."),
+        click.option("--refine-rounding/--no-refine-rounding", default=True, show_default=True,
+                     help="With AdaRound: round the chosen plan's weights again on its own quantized network."),
         click.option("--search", type=click.Choice([m.value for m in SearchMethod]), default="hybrid", show_default=True),
         click.option("--strategy", type=click.Choice([m.value for m in Strategy]), default="greedy", show_default=True,
                      help="Phase-2 strategy that builds the curve."),
@@ -131,6 +139,7 @@ class RunOptions:
     activation_clipping: str | None
     bias_correction: bool | None
     output_range: bool
+    refine_rounding: bool
     search: str
     strategy: str
     batch_size: int
@@ -156,7 +165,7 @@ class RunOptions:
             per_network=self.adaqat_mode == "network", measured_loss=self.adaqat_loss == "measured",
             weight_rounding=WeightRounding(self.weight_rounding) if self.weight_rounding else None,
             activation_clipping=ActivationClipping(self.activation_clipping) if self.activation_clipping else None,
-            bias_correction=self.bias_correction, output_range=self.output_range,
+            bias_correction=self.bias_correction, output_range=self.output_range, refine_rounding=self.refine_rounding,
             cost=CostAxis(self.cost), amed_samples=self.amed_samples,
         )
 

@@ -16,29 +16,30 @@ from types import MappingProxyType
 
 import onnx
 
-from onnxmp import curves, latency_check, output_folder, runtime, versions
+from onnxmp import curves, latency_check, output_folder
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.emit import emit
 from onnxmp.errors import BudgetError, ModelError
 from onnxmp.float_candidate import table_with_float, with_float
-from onnxmp.hw_profile import ActivationClipping, HwProfile, WeightRounding
+from onnxmp.hw_profile import ActivationClipping, HwProfile
 from onnxmp.inputs import load_inputs
 from onnxmp.latency_spec import CostAxis
 from onnxmp.phase1.clip_activations import clip_activations
 from onnxmp.phase1.executors import executor_for
-from onnxmp.phase1.run_table import phase1_table, stored_table
+from onnxmp.phase1.run_table import phase1_table
 from onnxmp.phase1.sensitivity import Phase1Context, Progress
+from onnxmp.plan_rounding import refine
 from onnxmp.records import (
     Candidate,
     ParetoCurve,
     Plan,
     Selection,
     SelectionMethod,
-    SensitivityTable,
     Strategy,
     noise_ratio,
 )
-from onnxmp.run_records import Budget, Calibrated, Decision, Prepared, Result, Settings
+from onnxmp.run_records import Budget, Calibrated, Decision, Result, Settings
+from onnxmp.run_store import open_store, plain_phase1
 from onnxmp.search import (
     STRATEGIES,
     SearchSpace,
@@ -55,19 +56,17 @@ from onnxmp.steps import (
     ADAROUND_HOMOGENEOUS,
     activation_clipping,
     adaround,
-    adaround_key,
     calibrate_ranges,
     homogeneous,
     measured_sqnr,
     prepare,
     simulate,
 )
-from onnxmp.store import ResultStore, run_key
+from onnxmp.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
 Evaluate = Callable[[onnx.ModelProto], float]
-STORE_NAME = "phase1.jsonl"
 
 
 def search_point(
@@ -100,18 +99,8 @@ def search_point(
     point = chosen.selection.point
     return Decision(
         point.plan, point, chosen.curve, chosen.selection, space.table, timings, chosen.float_score,
-        {settings.curve_label: chosen.curve, **others}, *_plain_phase1(calibrated.prepared, settings, store),
+        {settings.curve_label: chosen.curve, **others}, *plain_phase1(calibrated.prepared, settings, store),
     )
-
-
-def _plain_phase1(prepared: Prepared, settings: Settings, store: ResultStore) -> tuple[SensitivityTable | None, ParetoCurve]:
-    """The plain run's (nearest rounding, no bias correction, MSE ranges) table and curve when it left
-    them in the same store file: read, never measured here (that would double phase 1; README "AdaRound")."""
-    plain = replace(settings, weight_rounding=WeightRounding.NEAREST, bias_correction=False, output_range=False,
-                    activation_clipping=ActivationClipping.TENSOR)
-    other = open_store(store.path.parent, prepared, plain)
-    table = stored_table(other, prepared.analysis) if other.key != store.key else None
-    return table, (curves.stored_curves(other, table).get(settings.curve_label, ()) if table is not None else ())
 
 
 def _space(calibrated: Calibrated, settings: Settings, store: ResultStore, table, latency) -> SearchSpace:
@@ -196,20 +185,6 @@ def _latency_check(calibrated: Calibrated, budget: Budget, space: SearchSpace) -
                              homogeneous=lambda: latency_check.homogeneous_points(calibrated, space.table, space.latency))
 
 
-def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> ResultStore:
-    """The phase-1 store of `output_dir`, keyed by every input that changes its numbers."""
-    key = run_key(
-        **prepared.fingerprints,
-        range_method=settings.range_method.value,
-        batch_size=str(settings.batch_size),
-        weight_rounding=adaround_key(prepared, settings),
-        activation_clipping=activation_clipping(prepared, settings).value,
-        runtime=runtime.ort.__version__,
-        onnxmp=versions.onnxmp_version(),
-    )
-    return ResultStore(Path(output_dir) / STORE_NAME, key)
-
-
 def clip(calibrated: Calibrated, settings: Settings, output_dir: Path, progress: Progress | None = None) -> Calibrated:
     """`calibrated` with ranges tightened at the network output (clipping `output`); kept in the phase-1 store."""
     prepared = calibrated.prepared
@@ -287,10 +262,18 @@ def quantize(
             raise ModelError(f"nothing to quantize on profile {loaded_profile.name} (--strict): no op has a kernel")
         del model  # a model loaded here lives on in prepared.model only
         calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start, bits=budget.bits)
-        calibrated = clip(calibrated, settings, folder, progress)
-        calibrated = adaround(calibrated, settings, folder, options=ADAROUND if budget.bits is None else ADAROUND_HOMOGENEOUS)
-        decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate, progress=progress)
+        calibrated = clip(calibrated, settings, folder, _step(progress, "clipping"))
+        calibrated = adaround(calibrated, settings, folder, options=ADAROUND if budget.bits is None else ADAROUND_HOMOGENEOUS,
+                              progress=_step(progress, "adaround"))
+        decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate,
+                          progress=_step(progress, "phase 1"))
+        calibrated, decision = refine(calibrated, decision, settings, folder, _step(progress, "adaround (chosen plan)"))
         return emit(calibrated, decision, folder, settings=settings)
+
+
+def _step(progress: Progress | None, name: str) -> Progress | None:
+    """`progress` with each item prefixed by the step's name (the terminal shows which step runs)."""
+    return None if progress is None else lambda done, total, what: progress(done, total, f"{name}: {what}")
 
 
 def _parse_bits(text: str) -> Candidate:

@@ -58,6 +58,15 @@ def plan_json(prepared: Prepared, plan: Plan, point: ParetoPoint) -> dict:
     }
 
 
+def refinement_note(decision: Decision) -> str:
+    """What AdaRound on the chosen plan's own network measured, and which weights were written."""
+    refined, stitched = decision.refined_sqnr_db, decision.point.measured_sqnr_db
+    kept = refined is not None and stitched is not None and refined > stitched
+    written = "the re-rounded weights" if kept else "the search's weights (better)"
+    return (f"AdaRound on the chosen plan's own network: measured {_csv(refined)} dB, "
+            f"{_csv(stitched)} dB with the search's weights; written: {written}")
+
+
 def latency_error(point: ParetoPoint) -> float | None:
     """The latency model's error against the measured whole model, in percent (None if either is missing)."""
     if point.latency_ms is None or point.measured_latency_ms is None:
@@ -119,6 +128,8 @@ def report_md(prepared: Prepared, decision: Decision) -> str:
                      f"estimate error {latency_error(point):+.1f} %")
     if selection is not None:
         lines.append(f"- selection: {selection.method}, curve index {selection.index}, {selection.evaluations} evaluations")
+    if decision.refined_sqnr_db is not None:
+        lines.append(f"- {refinement_note(decision)}")
     lines += [f"- {name}: {value:.3f}" for name, value in decision.timings.items()]
     lines += [f"- curve {label}: {len(c)} points, relative BOPs {c[-1].bops_rel:.4f} to {c[0].bops_rel:.4f}"
               for label, c in decision.curves.items() if c]
@@ -132,6 +143,7 @@ def write_all(prepared: Prepared, decision: Decision, output_dir: Path, *, absen
     """Write plan.json, pareto.csv, report.md, report.html and (after phase 1) sensitivity.json."""
     plan, point, table = decision.plan, decision.point, decision.table
     plan_data = plan_json(prepared, plan, point)
+    plan_data["refined_sqnr_db"] = _number(decision.refined_sqnr_db)
     plan_data["encodings_absent"] = [{"tensor": t, "reason": r} for t, r in sorted((absent or {}).items())]
     paths = {
         "plan": model_io.write_text(json.dumps(plan_data, indent=2) + "\n", output_dir / "plan.json"),

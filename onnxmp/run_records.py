@@ -92,6 +92,7 @@ class Settings:
     activation_clipping: ActivationClipping | None = None  # None: the profile's (schemes.activations.clipping)
     bias_correction: bool | None = None  # None: the profile's (schemes.weights.bias_correction)
     output_range: bool = False  # weight scales chosen by the layer-output error (README "Bias correction")
+    refine_rounding: bool = True  # AdaRound the chosen plan again on its own network (README "AdaRound")
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,9 @@ class Decision:
     # when a plain run left them in the same store: what the report overlays
     plain_table: SensitivityTable | None = None
     plain_curve: ParetoCurve = ()
+    # the chosen plan's measured SQNR with its weights AdaRounded on its own network (`plan_rounding`);
+    # the written model carries those weights when this beats point.measured_sqnr_db
+    refined_sqnr_db: float | None = None
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ Rule cases:
 1. Weights whose layer is not a matrix product (`layer_inputs.why_not_linear`) and widths
    above `max_bits` stay at nearest rounding (they are absent from the result).
 2. The Gram matrices of the layer inputs come from streaming passes over the calibration
-   data (`collect_grams`), only for weights not already in the store: one pass for float
-   inputs; for inputs from the quantized network, one walk of it per weight width.
+   data (`collect_grams`), only for weights not in the store: one pass for float inputs, one
+   walk of the quantized network (per width, unless a plan gives each weight one) otherwise.
 3. With `bias_correction`, the same pass's input means give each (weight, bits) the
    corrected bias of its layer (`correct_biases`), for the integers just chosen (from the
    quantized prefix's means when AdaRound runs on it, else the float network's: `bias_inputs`
@@ -24,8 +24,8 @@ Rule cases:
 4. With `output_range`, each output row's scale is first chosen by the layer's output error
    (`output_range`); the new scales are returned with the integers made on them.
 5. Inputs from the quantized network are computed segment by segment since version 2 of
-   the walk (`INPUTS_VERSION`, part of the cache id): ONNX Runtime may round differently
-   than in one prefix run, so results of the former per-layer prefix runs are not reused.
+   the walk (`INPUTS_VERSION`, in the cache id): ONNX Runtime may round differently than in
+   one prefix run, so the former per-layer prefix runs' results are not reused.
 """
 
 from __future__ import annotations
@@ -112,20 +112,6 @@ class RoundingOptions:
     output_range: bool = field(default=False, repr=False)  # scales chosen by the layer-output error (README "Bias correction")
 
 
-def round_weights(
-    model: onnx.ModelProto,
-    encodings: Mapping[tuple[str, int], TensorEncoding],
-    calib: CalibrationSet,
-    *,
-    options: RoundingOptions = RoundingOptions(),
-    store: ResultStore | None = None,
-    quantized: QuantizedNetwork | None = None,
-    progress: Progress | None = None,
-) -> RoundedWeights:
-    """The AdaRounded integers of `round_layers` (see there)."""
-    return round_layers(model, encodings, calib, options=options, store=store, quantized=quantized, progress=progress).integers
-
-
 def round_layers(
     model: onnx.ModelProto,
     encodings: Mapping[tuple[str, int], TensorEncoding],
@@ -142,33 +128,49 @@ def round_layers(
     With `options.inputs` QUANTIZED, layers are rounded one after the other in graph order,
     each reconstructing its float output from its inputs in `quantized(rounded so far)`,
     the quantized network the caller builds (AIMET's order), walked forward from layer to
-    layer (`collect_grams.PrefixGrams`); each width walks its own network.
+    layer (`collect_grams.PrefixGrams`): once for all layers when each weight has one width
+    (a plan's own network), else once per width (each width's network). That network, as
+    built before any rounding, is part of every result's cache id.
     """
     graph = build(model)
     tasks = _tasks(graph, encodings, options)
+    walk = options.inputs is AdaRoundInputs.QUANTIZED and (options.adaround or options.prefix_means)
+    network = _network_id(quantized) if walk and quantized is not None and tasks else ""
     data = calib.fingerprint()
-    ids = {t: _result_id(graph, encodings[t], options, data) for t in tasks}
+    ids = {t: _result_id(graph, encodings[t], options, data + network) for t in tasks}
     done = {e["id"]: e for e in store.entries(STORE_KIND)} if store is not None else {}
     entries = {t: done[ids[t]] for t in tasks if ids[t] in done}
     logger.info("adaround: %d (weight, bits) pairs, %d from the store", len(tasks), len(entries))
     rounder = _Rounder(graph, encodings, options, ids, store, entries, len(tasks), progress)
     pending = [t for t in tasks if t not in entries]
     layouts = {w: layout_of(graph, w) for w in dict.fromkeys(w for w, _ in pending)}
-    walk = options.inputs is AdaRoundInputs.QUANTIZED and (options.adaround or options.prefix_means)
     if pending and (quantized is None or not walk):  # one pass (nearest with float-mean bias correction too)
         stats = layer_grams(model, list(layouts.values()), calib, options.grams)
         for weight, bits in pending:
             rounder.solve(weight, bits, stats[weight])
     elif pending and quantized is not None:
-        for bits in sorted({b for _, b in pending}):
-            prefix = PrefixGrams(model, quantized(_rounding(entries, options)),
-                                 [layouts[w] for w, b in pending if b == bits], calib, options.grams)
+        for walked in _walks(pending):
+            width = dict(walked)
+            prefix = PrefixGrams(model, quantized(_rounding(entries, options)), [layouts[w] for w in width], calib, options.grams)
             for step in range(len(prefix.steps)):
                 for weight, step_stats in prefix.grams(step).items():
-                    rounder.solve(weight, bits, step_stats)
+                    rounder.solve(weight, width[weight], step_stats)
                 if step + 1 < len(prefix.steps):
                     prefix.update(quantized(_rounding(entries, options)), step)
     return _rounding({t: entries[t] for t in tasks}, options)
+
+
+def _walks(pending: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """The walks of the quantized network: one when every weight has one width, else one per width."""
+    if len({w for w, _ in pending}) == len(pending):
+        return [pending]
+    return [[(w, b) for w, b in pending if b == bits] for bits in sorted({b for _, b in pending})]
+
+
+def _network_id(quantized: QuantizedNetwork) -> str:
+    """sha256 of the quantized network before any rounding: layer inputs walked on one network
+    are not those of another (another plan, profile or activation range)."""
+    return hashlib.sha256(quantized(LayerRounding()).SerializeToString(deterministic=True)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -186,15 +188,13 @@ class _Rounder:
 
     def solve(self, weight: str, bits: int, stats: InputStats) -> None:
         start = time.perf_counter()
-        layout = layout_of(self.graph, weight)
-        entry = _solve_layer(self.graph, layout, self.encodings[(weight, bits)], stats, self.options)
+        entry = _solve_layer(self.graph, layout_of(self.graph, weight), self.encodings[(weight, bits)], stats, self.options)
         entry.update(id=self.ids[(weight, bits)], weight=weight, bits=bits, seconds=round(time.perf_counter() - start, 3))
         if self.store is not None:
             self.store.append(STORE_KIND, entry)
         self.entries[(weight, bits)] = entry
-        logger.info("adaround %d/%d %s @ %d bits: layer error %.3g -> %.3g (nearest -> adaround), %.1f s",
-                    len(self.entries), self.total, weight, bits, entry["error_nearest"], entry["error_adaround"],
-                    entry["seconds"])
+        logger.info("adaround %d/%d %s @ %d bits: layer error %.3g -> %.3g (nearest -> adaround), %.1f s", len(self.entries),
+                    self.total, weight, bits, entry["error_nearest"], entry["error_adaround"], entry["seconds"])
         if self.progress is not None:
             self.progress(len(self.entries), self.total, f"{weight} @ {bits} bits")
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from onnxmp import calib_data, pipeline, steps
+from onnxmp import calib_data, pipeline, run_store, steps
 from onnxmp.cli import main
 from onnxmp.hw_profile import ActivationClipping, load_profile
 from onnxmp.phase1.clip_activations import CLIP_FACTORS, MAX_BITS, STORE_KIND
@@ -34,7 +34,7 @@ def calibrated():
 def test_each_range_is_its_mse_range_times_the_factor_best_at_the_output(calibrated, tmp_path):
     clipped = pipeline.clip(calibrated, OUTPUT, tmp_path)
     assert clipped.encodings.keys() == calibrated.encodings.keys()
-    store = tmp_path / pipeline.STORE_NAME
+    store = tmp_path / run_store.STORE_NAME
     sqnr = {}  # (tensor, bits) -> {factor: dB}, as measured and stored by the run
     for entry in ResultStore(store, _key(store)).entries(STORE_KIND):
         result = Phase1Result.from_entry(entry)
@@ -57,7 +57,7 @@ def test_each_range_is_its_mse_range_times_the_factor_best_at_the_output(calibra
 def test_tensor_clipping_is_a_no_op(calibrated, tmp_path):
     tensor = replace(OUTPUT, activation_clipping=ActivationClipping.TENSOR)
     assert pipeline.clip(calibrated, tensor, tmp_path) is calibrated
-    assert not (tmp_path / pipeline.STORE_NAME).exists()
+    assert not (tmp_path / run_store.STORE_NAME).exists()
 
 
 def test_cli_flag_measures_once_and_a_rerun_reads_back(tmp_path):
@@ -65,7 +65,7 @@ def test_cli_flag_measures_once_and_a_rerun_reads_back(tmp_path):
             "-o", str(tmp_path), "--activation-clipping", "output"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
-    store = tmp_path / pipeline.STORE_NAME
+    store = tmp_path / run_store.STORE_NAME
     measured = [json.dumps(e, sort_keys=True) for e in ResultStore(store, _key(store)).entries(STORE_KIND)]
     assert measured and len(measured) % len(CLIP_FACTORS) == 0
     second = CliRunner().invoke(main, args)

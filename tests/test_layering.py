@@ -33,6 +33,8 @@ NAMED_LAYERS = {
     "onnxmp.steps": PIPELINE,
     "onnxmp.emit": PIPELINE,
     "onnxmp.latency_check": PIPELINE,
+    "onnxmp.plan_rounding": PIPELINE,
+    "onnxmp.run_store": PIPELINE,
     "onnxmp.apply": PIPELINE,
     "onnxmp.cli": CLI,
     "onnxmp.cli_options": CLI,

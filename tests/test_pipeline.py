@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 import onnxmp
-from onnxmp import pipeline, run_records, runtime
+from onnxmp import run_records, run_store, runtime
 from onnxmp.curves import CURVE_KIND
 from onnxmp.errors import BudgetError
 from onnxmp.phase1.sensitivity import STORE_KIND
@@ -56,7 +56,7 @@ def _top1(model: onnx.ModelProto) -> float:
 
 def _store_lines(output_dir: Path, kind: str = STORE_KIND) -> int:
     """Entries of one kind in the store (phase-1 results by default; each run also stores its curve)."""
-    lines = (output_dir / pipeline.STORE_NAME).read_text().splitlines()
+    lines = (output_dir / run_store.STORE_NAME).read_text().splitlines()
     return sum(json.loads(line)["kind"] == kind for line in lines)
 
 
@@ -151,11 +151,11 @@ def test_bits_w8a8_is_homogeneous(tmp_path):
     assert math.isfinite(result.point.measured_sqnr_db) and result.point.measured_sqnr_db > 20
     assert result.selection is None and result.sensitivity is None
     assert (tmp_path / "model.qdq.onnx").is_file()
-    assert not (tmp_path / pipeline.STORE_NAME).exists()  # no phase 1 for a fixed precision
+    assert not (tmp_path / run_store.STORE_NAME).exists()  # no phase 1 for a fixed precision
 
 
 def test_min_sqnr_measures_and_meets_the_target(bops_run, tmp_path):
-    shutil.copy(bops_run[1] / pipeline.STORE_NAME, tmp_path / pipeline.STORE_NAME)
+    shutil.copy(bops_run[1] / run_store.STORE_NAME, tmp_path / run_store.STORE_NAME)
     result = _quantize(tmp_path, min_sqnr_db=30.0)
     index = result.selection.index
     assert result.selection.method is SelectionMethod.HYBRID
@@ -168,7 +168,7 @@ def test_min_sqnr_measures_and_meets_the_target(bops_run, tmp_path):
 
 
 def test_max_drop_with_an_evaluation_function(bops_run, tmp_path):
-    shutil.copy(bops_run[1] / pipeline.STORE_NAME, tmp_path / pipeline.STORE_NAME)
+    shutil.copy(bops_run[1] / run_store.STORE_NAME, tmp_path / run_store.STORE_NAME)
     calls = []
 
     def evaluate(model: onnx.ModelProto) -> float:
@@ -194,7 +194,7 @@ def test_max_drop_with_an_evaluation_function(bops_run, tmp_path):
     ],
 )
 def test_impossible_budgets_name_the_range(bops_run, tmp_path, budget, words):
-    shutil.copy(bops_run[1] / pipeline.STORE_NAME, tmp_path / pipeline.STORE_NAME)
+    shutil.copy(bops_run[1] / run_store.STORE_NAME, tmp_path / run_store.STORE_NAME)
     with pytest.raises(BudgetError) as info:
         _quantize(tmp_path, **budget)
     for word in words:
@@ -223,12 +223,12 @@ def test_require_stored_on_a_fresh_directory_fails(tmp_path):
     with pytest.raises(BudgetError) as info:
         _quantize(tmp_path, target_bops=0.3, require_stored=True)
     assert "phase 1 is incomplete (20 evaluations missing)" in str(info.value)
-    assert str(tmp_path / pipeline.STORE_NAME) in str(info.value)
+    assert str(tmp_path / run_store.STORE_NAME) in str(info.value)
     assert not (tmp_path / "model.qdq.onnx").exists()
 
 
 def test_require_stored_after_a_full_run_serves_a_new_budget_from_the_store(bops_run, tmp_path):
-    shutil.copy(bops_run[1] / pipeline.STORE_NAME, tmp_path / pipeline.STORE_NAME)
+    shutil.copy(bops_run[1] / run_store.STORE_NAME, tmp_path / run_store.STORE_NAME)
     lines = _store_lines(tmp_path)
     assert lines == 20  # 6 weighted groups x 3 candidates + concat x 2
     result = _quantize(tmp_path, target_bops=0.4, require_stored=True)

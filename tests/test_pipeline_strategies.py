@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import onnxmp
-from onnxmp import pipeline
+from onnxmp import run_store
 from onnxmp.curves import CURVE_KIND, PLAN_KIND
 from onnxmp.errors import BudgetError
 from onnxmp.phase1.sensitivity import STORE_KIND
@@ -25,7 +25,7 @@ def _run(output_dir: Path, settings: Settings, **budget):
 
 
 def _kinds(output_dir: Path) -> list[str]:
-    return [json.loads(line)["kind"] for line in (output_dir / pipeline.STORE_NAME).read_text().splitlines()]
+    return [json.loads(line)["kind"] for line in (output_dir / run_store.STORE_NAME).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import pytest
 
-from onnxmp import emit, files, output_folder, pipeline
+from onnxmp import emit, files, output_folder, run_store
 from onnxmp.phase1.sensitivity import STORE_KIND
 from tests.processes import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS, CALIB = REPO / "models" / "digits_cnn.onnx", REPO / "models" / "digits_calib.npz"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-STORE = pipeline.STORE_NAME
+STORE = run_store.STORE_NAME
 
 
 def _command(out: Path, executor: str, *budget: str) -> list[str]:

@@ -23,7 +23,7 @@ from onnxmp import quant_math
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.passes.adaround import AdaRoundParams, LayerProblem, adaround, gram_factor, output_error
 from onnxmp.passes.collect_grams import GramSettings
-from onnxmp.passes.round_weights import RoundingOptions, round_weights
+from onnxmp.passes.round_weights import RoundingOptions, round_layers
 from onnxmp.records import Grid, TensorEncoding
 from onnxmp.store import ResultStore
 from tests import builders, oracles
@@ -47,7 +47,7 @@ def _encoding(name: str, scale: float, channels: int, axis: int | None = 0) -> T
 def test_weight_between_two_levels_goes_the_way_that_reduces_output_error(tmp_path) -> None:
     model = _hand_gemm()
     encodings = {("w", 4): _encoding("w", 0.125, 1)}
-    rounded = round_weights(model, encodings, CalibrationSet({"x": HAND_X}))
+    rounded = round_layers(model, encodings, CalibrationSet({"x": HAND_X})).integers
     nearest = quant_math.quantize(HAND_W, 0.125, 0, -7, 7)
     assert nearest.tolist() == [[2, 0]]
     assert rounded[("w", 4)].tolist() == [[3, 0]]
@@ -89,7 +89,7 @@ def test_conv_adaround_lowers_the_measured_output_error() -> None:
     w = builders.canonical(model).graph.constant("w")
     scale = (np.abs(w).reshape(6, -1).max(axis=1) / 7).astype(np.float32)
     enc = TensorEncoding("w", 4, tuple(map(float, scale)), (0,) * 6, Grid.SYMMETRIC_SIGNED, 0)
-    rounded = round_weights(model, {("w", 4): enc}, CalibrationSet(_smooth_images(64, 0)))[("w", 4)]
+    rounded = round_layers(model, {("w", 4): enc}, CalibrationSet(_smooth_images(64, 0))).integers[("w", 4)]
     feeds = _smooth_images(16, 1)  # held-out inputs
     want = oracles.run(model, feeds)["y"]
     errors = []
@@ -115,27 +115,27 @@ def test_deterministic_and_read_back_from_the_store(tmp_path) -> None:
     calib = CalibrationSet(builders.feeds_for(model, batch=32))
     options = RoundingOptions(params=AdaRoundParams(iterations=50), grams=GramSettings(seed=3))
     store = ResultStore(tmp_path / "adaround.jsonl", "key")
-    first = round_weights(model, encodings, calib, options=options, store=store)
+    first = round_layers(model, encodings, calib, options=options, store=store).integers
     lines = (tmp_path / "adaround.jsonl").read_text().splitlines()
-    again = round_weights(model, encodings, calib, options=options)
-    stored = round_weights(model, encodings, calib, options=options, store=store)
+    again = round_layers(model, encodings, calib, options=options).integers
+    stored = round_layers(model, encodings, calib, options=options, store=store).integers
     assert len(lines) == 2 and (tmp_path / "adaround.jsonl").read_text().splitlines() == lines
     for key in encodings:
         np.testing.assert_array_equal(first[key], again[key])
         np.testing.assert_array_equal(first[key], stored[key])
     changed = RoundingOptions(params=AdaRoundParams(iterations=51), grams=GramSettings(seed=3))
-    round_weights(model, encodings, calib, options=changed, store=store)
+    round_layers(model, encodings, calib, options=changed, store=store)
     assert len((tmp_path / "adaround.jsonl").read_text().splitlines()) == 4  # new hyper-parameters, new ids
 
 
 def test_weights_above_max_bits_and_unsupported_ops_stay_nearest() -> None:
     model = builders.batched_matmul()
     enc = _encoding("w", 0.1, 1, axis=None)
-    assert dict(round_weights(model, {("w", 4): enc}, CalibrationSet(builders.feeds_for(model)))) == {}
+    assert dict(round_layers(model, {("w", 4): enc}, CalibrationSet(builders.feeds_for(model))).integers) == {}
     gemm = _hand_gemm()
     wide = {("w", 8): TensorEncoding("w", 8, (0.01,), (0,), Grid.SYMMETRIC_SIGNED, 0)}
     options = RoundingOptions(max_bits=6)
-    assert dict(round_weights(gemm, wide, CalibrationSet({"x": HAND_X}), options=options)) == {}
+    assert dict(round_layers(gemm, wide, CalibrationSet({"x": HAND_X}), options=options).integers) == {}
 
 
 def test_a_dead_input_group_leaves_its_weights_at_nearest_without_nan() -> None:

@@ -128,4 +128,4 @@ def test_the_walked_network_carries_the_corrected_biases_of_the_layers_before() 
                        options=options, quantized=quantized)
     assert got.biases[("w1", 4)].tolist() == pytest.approx([0.8], abs=1e-6)
     assert got.biases[("w2", 4)].tolist() == pytest.approx([0.015], abs=1e-6)
-    assert seen == [[], ["w1"]]  # the walk starts unrounded; gemm1's bias reaches it before gemm2
+    assert seen == [[], [], ["w1"]]  # the network's cache id, the walk's start (unrounded); gemm1's bias reaches it before gemm2

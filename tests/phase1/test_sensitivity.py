@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxmp import hw_profile, model_io, pipeline, steps
+from onnxmp import hw_profile, model_io, run_store, steps
 from onnxmp.calib_data import CalibrationSet, load_arrays
 from onnxmp.passes.calibrate import calibrate
 from onnxmp.passes.insert_qdq import WeightStorage, insert_qdq
@@ -373,7 +373,7 @@ def _start(output_dir: Path) -> subprocess.Popen:
 def _interrupt(output_dir: Path, sig: int) -> tuple[int, str]:
     """Start a run, wait until phase 1 has stored 3 results, send `sig`; exit code and stderr."""
     proc = _start(output_dir)
-    store = output_dir / pipeline.STORE_NAME
+    store = output_dir / run_store.STORE_NAME
     deadline = time.monotonic() + 60
     try:
         while not (store.exists() and store.read_bytes().count(b"\n") >= 3):
@@ -391,7 +391,7 @@ def _interrupt(output_dir: Path, sig: int) -> tuple[int, str]:
 
 
 def _phase1_results(output_dir: Path) -> dict[tuple[str, str], tuple]:
-    lines = (output_dir / pipeline.STORE_NAME).read_text().splitlines()
+    lines = (output_dir / run_store.STORE_NAME).read_text().splitlines()
     entries = [e for line in lines if line.endswith("}") and (e := json.loads(line))["kind"] == STORE_KIND]
     results = {(e["group"], e["candidate"]): (e["signal"], e["noise"]) for e in entries}
     assert len(results) == len(entries)  # nothing measured twice
@@ -407,13 +407,13 @@ def test_interrupted_runs_resume_to_the_same_result(tmp_path):
     assert baseline.returncode == 0, stderr
     assert returncode == -signal.SIGKILL
     assert not (killed / "plan.json").exists()
-    stored = (killed / pipeline.STORE_NAME).read_bytes().count(b"\n")
+    stored = (killed / run_store.STORE_NAME).read_bytes().count(b"\n")
     assert 3 <= stored < len(_phase1_results(clean))
 
     returncode, stderr = _interrupt(interrupted, signal.SIGINT)
     assert returncode == 130
     assert stderr.splitlines() == [
-        f"onnxmp: interrupted; finished phase-1 results are kept in {interrupted}/{pipeline.STORE_NAME}"
+        f"onnxmp: interrupted; finished phase-1 results are kept in {interrupted}/{run_store.STORE_NAME}"
     ]
     assert not (interrupted / "plan.json").exists()
     kept = _phase1_results(interrupted)
