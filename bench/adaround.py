@@ -187,9 +187,13 @@ def small_model(name: str, model, calib, images, labels, names: list[str] | None
         plans += [(f"MP@{b:g}", select_by_bops(curve, b).point.plan) for b in BUDGETS["npu"]]
         for config, plan in plans:
             point = steps.point_of(plan, prepared, table)
-            measured = steps.measured_sqnr(calibrated, plan, settings.batch_size)
-            print(f"{label:<9} {config:<9} BOPs {point.bops_rel:.4f} predicted {point.predicted_sqnr_db:6.2f} dB "
-                  f"measured {measured:6.2f} dB top-1 {top1(calibrated, plan):6.2f}", flush=True)
+            weightings = [(label, calibrated)]
+            if label == "adaround" and config != "W4A8":  # the chosen plan rounded again on its own network
+                weightings.append(("+plan", plan_rounding.round_plan(calibrated, plan, settings, Path(tempfile.mkdtemp()))))
+            for name, weights in weightings:
+                measured = steps.measured_sqnr(weights, plan, settings.batch_size)
+                print(f"{name:<9} {config:<9} BOPs {point.bops_rel:.4f} predicted {point.predicted_sqnr_db:6.2f} dB "
+                      f"measured {measured:6.2f} dB top-1 {top1(weights, plan):6.2f}", flush=True)
 
 
 def main() -> None:

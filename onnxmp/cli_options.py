@@ -48,12 +48,12 @@ class Progress:
         if not self.enabled:
             return
         step, known, item = what.partition(": ")
-        step, item = (step, item) if known else ("", what)
+        step, item = (step, item) if known else ("phase 1", what)
         if self.first is None or step != self.step:
             self.first, self.start, self.step = done, time.perf_counter(), step
         rate = (time.perf_counter() - self.start) / max(done - self.first, 1)
-        left = rate * (total - done) if done > self.first else float("nan")
-        click.echo(f"\r{step or 'phase 1'}: {done}/{total}  {item[:40]:40s}  ~{left:5.0f}s left", err=True, nl=False)
+        left = f"~{rate * (total - done):5.0f}s left" if done > self.first else "estimating"
+        click.echo(f"\r{step}: {done}/{total}  {item[:40]:40s}  {left}", err=True, nl=False)
         if done == total:
             click.echo("", err=True)
 

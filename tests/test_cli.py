@@ -248,3 +248,19 @@ def test_mixquant_with_one_qem_needs_no_budget_and_greedy_still_does(tmp_path):
     assert result.exit_code == 0, result.output
     assert "selection         fixed, point 0 of 1, 0 evaluations" in result.stdout
     assert_one_line_error(_quantize(DIGITS, tmp_path, "--qem", "4"), "--target-bops", "--qem/--lam alone")
+
+
+def test_progress_names_each_step_and_restarts_its_estimate(capsys):
+    from onnxmp.cli_options import Progress
+
+    progress = Progress()
+    progress.enabled = True  # as on a terminal
+    progress(1, 4, "adaround: conv1 @ 4 bits")
+    progress(2, 4, "adaround: conv2 @ 4 bits")
+    progress(1, 10, "phase 1: stem/conv W4A8")
+    progress(10, 10, "fc W8A8")  # an item without a step name: phase 1's own progress
+    shown = capsys.readouterr().err.split("\r")[1:]
+    assert [line.split(":")[0] for line in shown] == ["adaround", "adaround", "phase 1", "phase 1"]
+    assert shown[1].startswith("adaround: 2/4  conv2 @ 4 bits") and shown[2].startswith("phase 1: 1/10  stem/conv W4A8")
+    assert shown[2].endswith("estimating")  # a new step: no rate of its own yet
+    assert shown[3].endswith("s left\n")  # the last item ends the line
