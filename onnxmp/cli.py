@@ -149,7 +149,10 @@ def _summary(result: Result) -> None:
     if point.predicted_sqnr_db == point.predicted_sqnr_db:
         click.echo(f"predicted SQNR    {point.predicted_sqnr_db:.2f} dB")
     if point.measured_sqnr_db is not None:
-        click.echo(f"measured SQNR     {point.measured_sqnr_db:.2f} dB; deployed {report_html.deployed_note(point)}")
+        click.echo(f"measured SQNR     {point.measured_sqnr_db:.2f} dB; deployed {report_html.deployed_note(point, result.refined_sqnr_db)}")
+    if result.refined_sqnr_db is not None:
+        written = "written" if report_html.written_sqnr(point, result.refined_sqnr_db) == result.refined_sqnr_db else "not written"
+        click.echo(f"plan-rounded SQNR {result.refined_sqnr_db:.2f} dB (AdaRound on the plan's own network; {written})")
     if point.accuracy is not None:
         click.echo(f"accuracy          {point.accuracy:.2f}")
     if result.selection is not None:

@@ -119,7 +119,7 @@ def report_md(prepared: Prepared, decision: Decision) -> str:
         f"- groups: {len(prepared.analysis.groups)}, ops left in float: {len(prepared.analysis.skipped)}",
         f"- relative BOPs: {point.bops_rel:.4f}",
         f"- predicted SQNR: {_csv(point.predicted_sqnr_db)} dB, measured: {_csv(point.measured_sqnr_db)} dB",
-        f"- deployed SQNR: {deployed_note(point)}",
+        f"- deployed SQNR: {deployed_note(point, decision.refined_sqnr_db)}",
     ]
     if point.latency_ms is not None:
         lines.append(f"- latency ({prepared.profile.name} latency model, batch 1): {point.latency_ms:.4f} ms")

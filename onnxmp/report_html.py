@@ -52,7 +52,7 @@ def report_html(prepared: Prepared, decision: Decision) -> str:
         f"<p>Profile <b>{_e(prepared.profile.name)}</b>: {len(prepared.analysis.groups)} groups, "
         f"{len(prepared.analysis.skipped)} ops left in float. Chosen point: relative BOPs "
         f"{point.bops_rel:.4f}, predicted SQNR {_db(point.predicted_sqnr_db)} dB, "
-        f"measured {_db(point.measured_sqnr_db)} dB; deployed {_e(deployed_note(point))}.</p>",
+        f"measured {_db(point.measured_sqnr_db)} dB; deployed {_e(deployed_note(point, decision.refined_sqnr_db))}.</p>",
         "<h2>Pareto curve</h2>", pareto,
         _table(("homogeneous", "relative BOPs", "predicted SQNR (dB)"),
                [(name, f"{x:.4f}", _db(y)) for name, x, y in baselines]) if baselines else "",
@@ -231,13 +231,21 @@ def _plottable(value: float) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def deployed_note(point: ParetoPoint) -> str:
+def written_sqnr(point: ParetoPoint, refined: float | None) -> float | None:
+    """The simulated SQNR of the weights the model was written with: the plan-rounded ones
+    (`plan_rounding`) when they measured better than the search's, else the point's."""
+    measured = point.measured_sqnr_db
+    return refined if refined is not None and (measured is None or refined > measured) else measured
+
+
+def deployed_note(point: ParetoPoint, refined: float | None = None) -> str:
     """The written model's SQNR in ONNX Runtime with its QDQ rewrites on, and how far that is
-    from the simulated (measured) SQNR: what users get against what onnxmp measured."""
+    from the simulated SQNR of the same weights (`refined`: the plan-rounded weights' SQNR):
+    what users get against what onnxmp measured."""
     if point.deployed_sqnr_db is None:
         return "not measured"
     text = f"{_db(point.deployed_sqnr_db)} dB in ONNX Runtime {versions.versions()['onnxruntime']} (default options)"
-    measured = point.measured_sqnr_db
+    measured = written_sqnr(point, refined)
     if measured is not None and math.isfinite(measured) and math.isfinite(point.deployed_sqnr_db):
         text += f", {point.deployed_sqnr_db - measured:+.2f} dB against the simulation"
     return text

@@ -188,12 +188,13 @@ class Result:
     paths: Mapping[str, Path]
     timings: Mapping[str, float] = field(default_factory=dict)
     float_score: float | None = None  # evaluate(float model), for max_drop runs
+    refined_sqnr_db: float | None = None  # Decision.refined_sqnr_db
 
     @staticmethod
     def of(decision: Decision, paths: Mapping[str, Path]) -> Result:
         return Result(
             decision.plan, decision.point, decision.curve, decision.selection, decision.table, paths,
-            decision.timings, decision.float_score,
+            decision.timings, decision.float_score, decision.refined_sqnr_db,
         )
 
 

@@ -132,3 +132,17 @@ def test_a_search_writes_the_refined_weights_and_reports_both_sqnrs(tmp_path):
     assert ("written: the re-rounded weights" in report) is better
     assert better is any(not np.array_equal(refined[k], stitched[k]) for k in refined)
     assert abs(plan["deployed_sqnr_db"] - (plan["refined_sqnr_db"] if better else plan["measured_sqnr_db"])) < 0.5
+
+
+def test_the_cli_prints_the_plan_rounded_sqnr_unless_told_not_to_round(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxmp.cli import main
+
+    args = ["quantize", str(DIGITS), "--profile", "npu", "--calib", str(DIGITS_CALIB), "--target-bops", "0.3",
+            "--weight-rounding", "adaround", "-o"]
+    default = CliRunner().invoke(main, [*args, str(tmp_path / "default")])
+    skipped = CliRunner().invoke(main, [*args, str(tmp_path / "skipped"), "--no-refine-rounding"])
+    assert default.exit_code == 0 and skipped.exit_code == 0, default.output + skipped.output
+    assert "plan-rounded SQNR" in default.output and "plan-rounded SQNR" not in skipped.output
+    assert "against the simulation" in default.output
