@@ -38,7 +38,7 @@ from onnxmp.records import (
     Strategy,
     noise_ratio,
 )
-from onnxmp.run_records import Budget, Calibrated, Decision, Result, Settings
+from onnxmp.run_records import Budget, Calibrated, Decision, Result, Settings, homogeneous_plan
 from onnxmp.run_store import open_store, plain_phase1
 from onnxmp.search import (
     STRATEGIES,
@@ -263,8 +263,9 @@ def quantize(
         del model  # a model loaded here lives on in prepared.model only
         calibrated = calibrate_ranges(prepared, calib_set, settings, prepare_s=time.perf_counter() - start, bits=budget.bits)
         calibrated = clip(calibrated, settings, folder, _step(progress, "clipping"))
-        calibrated = adaround(calibrated, settings, folder, options=ADAROUND if budget.bits is None else ADAROUND_HOMOGENEOUS,
-                              progress=_step(progress, "adaround"))
+        fixed = None if budget.bits is None else homogeneous_plan(prepared.analysis, budget.bits, prepared.profile)
+        calibrated = adaround(calibrated, settings, folder, options=ADAROUND if fixed is None else ADAROUND_HOMOGENEOUS,
+                              plan=fixed, progress=_step(progress, "adaround"))
         decision = decide(calibrated, budget, settings=settings, output_dir=folder, evaluate=evaluate,
                           progress=_step(progress, "phase 1"))
         calibrated, decision = refine(calibrated, decision, settings, folder, _step(progress, "adaround (chosen plan)"))

@@ -252,11 +252,12 @@ def adaround_key(prepared: Prepared, settings: Settings) -> str:
 
 
 def adaround(
-    calibrated: Calibrated, settings: Settings, output_dir: Path | None, *,
-    options: RoundingOptions = ADAROUND, progress: Callable[[int, int, str], None] | None = None,
+    calibrated: Calibrated, settings: Settings, output_dir: Path | None, *, options: RoundingOptions = ADAROUND,
+    progress: Callable[[int, int, str], None] | None = None, plan: Plan | None = None,
 ) -> Calibrated:
-    """`calibrated` with AdaRounded integers, corrected biases and/or output-aware scales for every
-    (weight, bits) up to ADAROUND.max_bits (a no-op with none), kept in `output_dir/adaround.jsonl`."""
+    """`calibrated` with AdaRounded integers, corrected biases and/or output-aware scales for every (weight,
+    bits) up to ADAROUND.max_bits (a no-op with none), kept in `output_dir/adaround.jsonl`; quantized-prefix
+    inputs come from `plan`'s network (a `--bits` run's), else each width's `width_plan`."""
     prepared = calibrated.prepared
     learn = weight_rounding(prepared, settings) is WeightRounding.ADAROUND
     if not learn and not bias_correction(prepared, settings) and not settings.output_range:
@@ -273,10 +274,8 @@ def adaround(
     all_encodings = dict(calibrated.encodings)
     for bits in sorted({b for (name, b) in calibrated.encodings if prepared.graph.is_constant(name)}):
         encodings = {k: e for k, e in calibrated.encodings.items() if k[1] == bits}
-        plan = width_plan(prepared, bits)
-
-        def network(done: LayerRounding, plan=plan):
-            return simulate(prepared, plan, with_scales(calibrated.encodings, done), done.integers, done.biases)
+        def network(done: LayerRounding, walked=plan or width_plan(prepared, bits)):  # noqa: B008 (bound per width)
+            return simulate(prepared, walked, with_scales(calibrated.encodings, done), done.integers, done.biases)
 
         chosen = round_layers(
             prepared.model, encodings, calibrated.calib, options=options, store=store, quantized=network, progress=progress,

@@ -20,7 +20,7 @@ from onnxmp import apply, calib_data, quant_math, steps
 from onnxmp.hw_profile import WeightRounding, load_profile
 from onnxmp.phase1.measure import measure
 from onnxmp.phase1.sensitivity import context_for, sensitivity
-from onnxmp.records import Plan
+from onnxmp.records import Candidate, Plan
 from onnxmp.run_records import Settings
 from onnxmp.store import ResultStore
 from tests import oracles
@@ -113,16 +113,23 @@ def test_cli_weight_rounding_writes_the_adarounded_model(tmp_path):
     assert (tmp_path / "adaround" / "adaround.jsonl").exists()
 
 
-@pytest.mark.parametrize("budget, inputs", [({"bits": "W4A8"}, "quantized"), ({"target_bops": 0.3}, "float")])
-def test_homogeneous_runs_round_on_the_quantized_prefix_searches_on_the_float_network(budget, inputs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("profile, budget, inputs", [
+    ("npu", {"bits": "W4A8"}, "quantized"), ("research", {"bits": "W6A6"}, "quantized"), ("npu", {"target_bops": 0.3}, "float"),
+])
+def test_homogeneous_runs_round_on_their_own_network_searches_on_the_float_network(profile, budget, inputs, tmp_path, monkeypatch):
+    """A `--bits` run walks exactly its plan's network (research W6A6: only W6A6 ranges exist, so
+    the widest W6 network, W6A8, could not be built); a search rounds on the float network."""
     from onnxmp import pipeline
 
     seen = []
 
-    def recording(calibrated, settings, output_dir, *, options, progress=None):
-        seen.append(options.inputs.value)
-        return steps.adaround(calibrated, settings, output_dir, options=options, progress=progress)
+    def recording(calibrated, settings, output_dir, *, options, progress=None, plan=None):
+        seen.append((options.inputs.value, None if plan is None else set(plan.values())))
+        return steps.adaround(calibrated, settings, output_dir, options=options, progress=progress, plan=plan)
 
     monkeypatch.setattr(pipeline, "adaround", recording)
-    onnxmp.quantize(DIGITS, profile="npu", calib=DIGITS_CALIB, output_dir=tmp_path, settings=ADAROUND, **budget)
-    assert seen == [inputs]
+    result = onnxmp.quantize(DIGITS, profile=profile, calib=DIGITS_CALIB, output_dir=tmp_path, settings=ADAROUND, **budget)
+    bits = budget.get("bits")
+    weightless = {Candidate(None, int(bits[-1]))} if bits else set()
+    assert seen == [(inputs, {Candidate.parse(bits)} | weightless if bits else None)]
+    assert result.point.measured_sqnr_db is not None and (tmp_path / "adaround.jsonl").exists()

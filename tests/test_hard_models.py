@@ -58,10 +58,14 @@ def test_opset11_softmax_on_4d_input_runs(tmp_path):
     assert_quantized(quantize_hard("softmax_opset11", tmp_path, "--target-bops", "0.3"), tmp_path, "softmax_opset11")
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "adaround"])
 @pytest.mark.parametrize("name", ["static_batch", "static_batch_reshape"])
-def test_static_batch_runs_chunk_by_chunk_at_the_models_batch(name, tmp_path):
-    # 20 samples, input [1,...]: every run takes one sample (ORT refuses 16)
-    assert_quantized(quantize_hard(name, tmp_path, "--target-bops", "0.3"), tmp_path, name)
+def test_static_batch_runs_chunk_by_chunk_at_the_models_batch(name, rounding, tmp_path):
+    # 20 samples, input [1,...]: every run takes one sample (ORT refuses 16); AdaRound's Gram
+    # pass and both walks (search, then the chosen plan) too
+    result = quantize_hard(name, tmp_path, "--target-bops", "0.3", "--weight-rounding", rounding)
+    assert_quantized(result, tmp_path, name)
+    assert (tmp_path / "out" / "adaround.jsonl").exists() is (rounding == "adaround")
 
 
 def test_static_batch_results_match_a_batch1_run(tmp_path):
