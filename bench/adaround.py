@@ -152,7 +152,8 @@ def mnist(names: list[str] | None = None) -> None:
 
 
 def small_model(name: str, model, calib, images, labels, names: list[str] | None = None) -> None:
-    """Nearest vs AdaRound (quantized-prefix inputs) at W4A8 and MP@0.375 / MP@0.3, npu profile."""
+    """Nearest vs AdaRound at W4A8 (on its own network, as `--bits` runs) and MP@0.375 / MP@0.3
+    (on the float network as searches do, then "+plan": the chosen plan on its own network), npu profile."""
     import numpy as np
 
     settings = run_records.Settings(weight_rounding=WeightRounding.ADAROUND)
@@ -188,7 +189,9 @@ def small_model(name: str, model, calib, images, labels, names: list[str] | None
         for config, plan in plans:
             point = steps.point_of(plan, prepared, table)
             weightings = [(label, calibrated)]
-            if label == "adaround" and config != "W4A8":  # the chosen plan rounded again on its own network
+            if label == "adaround" and config == "W4A8":  # a --bits run rounds on its own network
+                weightings = [(label, steps.adaround(nearest, settings, None, options=steps.ADAROUND_HOMOGENEOUS, plan=plan))]
+            elif label == "adaround":  # a search: the chosen plan rounded again on its own network
                 weightings.append(("+plan", plan_rounding.round_plan(calibrated, plan, settings, Path(tempfile.mkdtemp()))))
             for name, weights in weightings:
                 measured = steps.measured_sqnr(weights, plan, settings.batch_size)
