@@ -13,6 +13,8 @@ Run: flock /work/bench.lock python bench/adaround.py [--calib 256] [--val 1300] 
 
 "peak RSS" is the process's peak so far; "AdaRound's own peak" is the peak resident size
 while AdaRound ran (the kernel's high-water mark, reset just before it: /proc/self/clear_refs).
+The validation images (0.77 GB for 1300) are read from the bench cache for each score and
+dropped after it, so the resident figures are onnxmp's, not the bench's validation set.
 
 `--variants nearest,nearest+bc,adaround,adaround+bc` prints only those W4A8 rows (bias
 correction, README "Bias correction"); AdaRound at 4 bits, inputs from the quantized prefix,
@@ -31,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import imagenet  # noqa: E402
+import onnx  # noqa: E402
 
 from onnxmp import calib_data, inputs, plan_rounding, run_records, run_store, runtime, steps  # noqa: E402
 from onnxmp.hw_profile import WeightRounding  # noqa: E402
@@ -96,7 +99,7 @@ def variants(nearest, settings, names: list[str], cache: Path, score) -> None:
         score(calibrated, name)
 
 
-def mixed(calibrated, settings, label: str, images, labels, root: Path, refine: bool = True) -> list[tuple]:
+def mixed(calibrated, settings, label: str, val, root: Path, refine: bool = True) -> list[tuple]:
     """Phase 1, the greedy curve and the MP points of `calibrated` (its rounding stitched in);
     with AdaRound and `refine`, each point again with its plan's weights rounded on its own network."""
     prepared = calibrated.prepared
@@ -116,14 +119,14 @@ def mixed(calibrated, settings, label: str, images, labels, root: Path, refine: 
         plan = select_by_bops(curve, budget).point.plan
         point = steps.point_of(plan, prepared, table)
         measured = steps.measured_sqnr(calibrated, plan, settings.batch_size)
-        acc = imagenet.top1(steps.simulate(prepared, plan, calibrated.encodings, calibrated.rounded, calibrated.biases), images, labels)
+        acc = imagenet.top1(steps.simulate(prepared, plan, calibrated.encodings, calibrated.rounded, calibrated.biases), *val())
         rows.append((label, f"MP@{budget:g}", point.bops_rel, point.predicted_sqnr_db, measured, acc))
         print(f"  {rows[-1]}", flush=True)
         if calibrated.rounded and refine:  # the chosen plan AdaRounded again on its own network (plan_rounding)
             start = time.perf_counter()
             refined = plan_rounding.round_plan(calibrated, plan, settings, root / "adaround-plans")
             seconds = time.perf_counter() - start
-            acc = imagenet.top1(steps.simulate(prepared, plan, refined.encodings, refined.rounded, refined.biases), images, labels)
+            acc = imagenet.top1(steps.simulate(prepared, plan, refined.encodings, refined.rounded, refined.biases), *val())
             rows.append((f"{label}+plan", f"MP@{budget:g}", point.bops_rel, point.predicted_sqnr_db,
                          steps.measured_sqnr(refined, plan, settings.batch_size), acc))
             print(f"  {rows[-1]} (plan AdaRound {seconds:.0f} s, 0 if cached)", flush=True)
@@ -217,25 +220,32 @@ def main() -> None:
     if args.digits or args.mnist:
         (digits if args.digits else mnist)(names)
         return
-    setup = imagenet.efficientnet_setup()
-    if setup is None:
+    if not imagenet.EFFICIENTNET.exists():
+        print("../shared is absent: nothing to measure")
         return
-    model, calib, images, labels = setup
-    calib = calib_data.validate({"input": calib.arrays["input"][: args.calib]}, calib_data.model_inputs(model), "samples")
-    images, labels = images[: args.val], labels[: args.val]
+    model = onnx.load(str(imagenet.EFFICIENTNET))
+    calib = imagenet.calibration_images(model)
+    calib = calib_data.validate({"input": calib.arrays["input"][: args.calib].copy()}, calib_data.model_inputs(model), "samples")
+
+    def val():
+        """The first --val validation images and labels, read for one score (not held between scores)."""
+        images, labels = imagenet.validation_set()
+        return images[: args.val], labels[: args.val]
+
     print(f"EfficientNet-Lite0, calibration {args.calib} imagenet/samples, top-1 on {args.val} imagenet/val", flush=True)
     settings = run_records.Settings(weight_rounding=WeightRounding.ADAROUND)
     model_, profile, calib = inputs.load_inputs(model, args.profile, calib)
     prepared = steps.prepare(model_, profile, calib)
     nearest = steps.calibrate_ranges(prepared, calib, settings)
     w4a8 = run_records.homogeneous_plan(prepared.analysis, Candidate(4, 8), profile)
-    print(f"rss after calibration {peak_rss_mib():.0f} MiB", flush=True)
+    print(f"rss after calibration {peak_rss_mib():.0f} MiB (peak so far), resident after calibration "
+          f"{resident_mib():.0f} MiB", flush=True)
     rows = []
 
     def score(calibrated, label: str) -> None:
         measured = steps.measured_sqnr(calibrated, w4a8, settings.batch_size)
         qdq = steps.simulate(prepared, w4a8, calibrated.encodings, calibrated.rounded, calibrated.biases)
-        rows.append((label, "W4A8", 0.25, float("nan"), measured, imagenet.top1(qdq, images, labels)))
+        rows.append((label, "W4A8", 0.25, float("nan"), measured, imagenet.top1(qdq, *val())))
         print(f"  {rows[-1]}", flush=True)
 
     root = Path(tempfile.mkdtemp()) if args.fresh else Path(imagenet.CACHE)
@@ -254,8 +264,8 @@ def main() -> None:
         score(rounded, f"adaround-{mode.value}")
         if not args.skip_mp:
             if k == 0 and not args.skip_nearest:
-                rows += mixed(nearest, settings, "nearest", images, labels, root)
-            rows += mixed(rounded, settings, f"adaround-{mode.value}", images, labels, root)
+                rows += mixed(nearest, settings, "nearest", val, root)
+            rows += mixed(rounded, settings, f"adaround-{mode.value}", val, root)
     print(f"\n{'rounding':<20} {'config':<9} {'rel BOPs':>8} {'pred SQNR':>9} {'meas SQNR':>9} {'top-1 %':>8} {'target':>7}")
     for label, config, rel, predicted, measured, acc in rows:
         target = TARGETS.get(config, "") if label.startswith("adaround") else ""

@@ -64,9 +64,10 @@ class FrontierWalk:
         calib = inputs if isinstance(inputs, CalibrationSet) else CalibrationSet(inputs)
         self._count = calib.num_samples
         self._starts = range(0, self._count, calib.run_size or batch_size)
-        # the checkpoint, chunk by chunk: ONNX Runtime's output arrays are kept as they come
-        # (joining them into one array per tensor cost a copy and fresh pages: 4 s per walk
-        # of EfficientNet-Lite0); inputs are the feeds of `calib.batches` (views when they can be)
+        # the checkpoint, chunk by chunk (joining them into one array per tensor cost a second
+        # copy and fresh pages: 4 s per walk of EfficientNet-Lite0); computed chunks are copies
+        # of ONNX Runtime's outputs (`runtime.owned`: its own arrays would keep each segment
+        # session's whole arena alive); inputs are the feeds of `calib.batches` (views when they can be)
         feeds = list(calib.batches(batch_size))
         self._stored: dict[str, list[np.ndarray]] = {name: [f[name] for f in feeds] for name in feeds[0]}
         self._inputs = set(feeds[0])
@@ -116,12 +117,12 @@ class FrontierWalk:
             first = next(computed)[1]
             total = sum(v.nbytes for v in first.values()) * len(self._starts)
             for name, value in first.items():
-                filled[name].append(value)
+                filled[name].append(runtime.owned(value))
         if total > self._budget:
             return
         for _, values in computed:
             for name, value in values.items():
-                filled[name].append(value)
+                filled[name].append(runtime.owned(value))
         self._segment = None
         self._stored.update(filled)
         for name in [n for n in self._stored if n not in self._keep[step]]:
@@ -139,7 +140,7 @@ class FrontierWalk:
             nodes = producing_nodes(self._graph, missing, set(self._stored))
             inputs = frontier(self._graph, nodes)
             segment = subgraph(self._model, self._graph, nodes, inputs, missing)
-            self._segment = (missing, runtime.session(segment, threads=self._threads, shared_arena=True), inputs)
+            self._segment = (missing, runtime.session(segment, threads=self._threads), inputs)
         _, sess, inputs = self._segment
         for k, start in enumerate(self._starts):
             computed = dict(zip(missing, sess.run(list(missing), {t: self._stored[t][k] for t in inputs}), strict=True))

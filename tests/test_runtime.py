@@ -68,6 +68,17 @@ def test_run_batches(conv_relu):
     np.testing.assert_allclose(np.concatenate([o["y"] for o in outputs]), whole, atol=1e-6)
 
 
+def test_outputs_are_views_of_ort_memory_until_owned(conv_relu):
+    # ORT hands out views of its arena (what keeps a dead session's arena resident); owned copies do not
+    feeds = builders.feeds_for(conv_relu, batch=2)
+    got = runtime.session(conv_relu).run(["y"], feeds)[0]
+    assert not got.flags.owndata
+    copy = runtime.owned(got)
+    assert copy.flags.owndata and copy is not got
+    np.testing.assert_array_equal(copy, got)
+    assert runtime.owned(copy) is copy  # an array that owns its memory is not copied again
+
+
 @pytest.mark.parametrize("name", ["conv_relu", "flatten_gemm", "residual_add", "pad_shape_chain", "float_fallbacks"])
 @pytest.mark.parametrize("canonical", [False, True], ids=["raw", "canonical"])
 def test_large_model_weights_reach_ort_as_arrays_with_identical_results(name, canonical):

@@ -45,9 +45,12 @@ def reference_outputs(model: onnx.ModelProto, calib: CalibrationSet, *, batch_si
 
     Kept per run, not joined: an output's samples may sit on any axis (a recurrent state
     [2, batch, 128]) or on none (a rank-0 total), and every measurement runs the same feeds.
+    Kept as copies (`runtime.owned`): ONNX Runtime's own output arrays would keep the
+    session's arena alive for the whole run.
     """
     sess = runtime.session(model)
-    runs = list(runtime.run_batches(sess, calib.batches(batch_size)))
+    batches = runtime.run_batches(sess, calib.batches(batch_size))
+    runs = [{name: runtime.owned(value) for name, value in run.items()} for run in batches]
     calib_data.check_finite_ranges({  # an overflowed output would make every SQNR NaN
         name: (min(float(r[name].min()) for r in runs), max(float(r[name].max()) for r in runs))
         for name in runs[0] if runs[0][name].size and np.issubdtype(runs[0][name].dtype, np.floating)
@@ -83,7 +86,7 @@ def measure_chunks(
     The k-th chunk is compared with the k-th run of `reference` (the same feeds).
     """
     noise = dict.fromkeys(reference, 0.0)
-    sess = runtime.session(model, threads=threads, shared_arena=True, simulate=simulate)
+    sess = runtime.session(model, threads=threads, simulate=simulate)
     names = [o.name for o in sess.get_outputs()]
     for k, (_, feeds) in enumerate(chunks):
         for name, got in zip(names, sess.run(names, feeds), strict=True):

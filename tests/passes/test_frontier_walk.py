@@ -114,6 +114,18 @@ def test_a_large_budget_stores_frontiers_and_drops_what_is_no_longer_read(digits
     assert stored[-1] == expected
 
 
+def test_stored_frontiers_own_their_memory(digits):
+    # a checkpoint outlives its segment session: ORT's own output arrays would keep that session's arena alive
+    _, _, inputs, frontiers = digits
+    walk = _walk(digits, budget_bytes=2**40)
+    computed = 0
+    for step in range(len(frontiers)):
+        for _, values in walk.chunks(step):  # every frontier fits: each is sliced from the checkpoint
+            computed += sum(1 for name, value in values.items() if name not in inputs and value.flags.owndata)
+            assert all(value.flags.owndata for name, value in values.items() if name not in inputs)
+    assert computed > 0
+
+
 def test_the_budget_is_a_per_frontier_limit(digits):
     _, graph, inputs, frontiers = digits
     sizes = [sum(SAMPLES * int(np.prod(graph.shapes[t][1:])) * 4 for t in f if t not in inputs) for f in frontiers]

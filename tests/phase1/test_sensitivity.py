@@ -451,3 +451,12 @@ def test_reference_outputs_that_overflow_name_the_output():
     calib = CalibrationSet({"x": np.full((2, 3, 8, 8), 3e38, np.float32)})
     with pytest.raises(CalibrationError, match=r"^calibration data: tensor 'y' overflows float32 \(range "):
         reference_outputs(model, calib, batch_size=2)
+
+
+def test_reference_outputs_own_their_memory():
+    # kept for the whole run: ORT's own output arrays would keep the reference session's arena alive
+    model = builders.canonical(builders.conv_relu()).model
+    calib = CalibrationSet({"x": np.ones((5, 3, 8, 8), np.float32)})
+    reference = reference_outputs(model, calib, batch_size=2)
+    assert [run.shape[0] for run in reference["y"]] == [2, 2, 1]
+    assert all(run.flags.owndata for run in reference["y"])
