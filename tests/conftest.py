@@ -84,3 +84,20 @@ def pad_shape_chain() -> onnx.ModelProto:
 @pytest.fixture
 def float_fallbacks() -> onnx.ModelProto:
     return builders.float_fallbacks()
+
+
+@pytest.fixture(scope="session")
+def digits_adarounded(tmp_path_factory):
+    """The shipped digits CNN on npu, calibrated and AdaRounded as a search rounds it (on the
+    float network's inputs): read-only records several AdaRound test modules share."""
+    from onnxmp import calib_data, steps
+    from onnxmp.hw_profile import WeightRounding, load_profile
+    from onnxmp.run_records import Settings
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    model = onnx.load(str(models / "digits_cnn.onnx"))
+    calib = calib_data.load_arrays(models / "digits_calib.npz", model)
+    prepared = steps.prepare(model, load_profile("npu"), calib)
+    settings = Settings(weight_rounding=WeightRounding.ADAROUND)
+    calibrated = steps.calibrate_ranges(prepared, calib, settings)
+    return steps.adaround(calibrated, settings, tmp_path_factory.mktemp("adaround"))

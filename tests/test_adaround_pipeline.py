@@ -16,8 +16,8 @@ import pytest
 from onnx import numpy_helper
 
 import onnxmp
-from onnxmp import apply, calib_data, quant_math, steps
-from onnxmp.hw_profile import WeightRounding, load_profile
+from onnxmp import apply, quant_math, steps
+from onnxmp.hw_profile import WeightRounding
 from onnxmp.phase1.measure import measure
 from onnxmp.phase1.sensitivity import context_for, sensitivity
 from onnxmp.records import Candidate, Plan
@@ -31,13 +31,9 @@ DIGITS_CALIB = MODELS / "digits_calib.npz"
 ADAROUND = Settings(weight_rounding=WeightRounding.ADAROUND)
 
 
-@pytest.fixture(scope="module")
-def calibrated(tmp_path_factory):
-    model = onnx.load(str(DIGITS))
-    calib = calib_data.load_arrays(DIGITS_CALIB, model)
-    prepared = steps.prepare(model, load_profile("npu"), calib)
-    calibrated = steps.calibrate_ranges(prepared, calib, ADAROUND)
-    return steps.adaround(calibrated, ADAROUND, tmp_path_factory.mktemp("adaround"))
+@pytest.fixture
+def calibrated(digits_adarounded):
+    return digits_adarounded
 
 
 def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:

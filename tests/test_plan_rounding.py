@@ -19,8 +19,8 @@ import pytest
 from onnx import numpy_helper
 
 import onnxmp
-from onnxmp import calib_data, plan_rounding, steps
-from onnxmp.hw_profile import WeightRounding, load_profile
+from onnxmp import plan_rounding, steps
+from onnxmp.hw_profile import WeightRounding
 from onnxmp.records import Candidate, ParetoPoint, Plan, Selection, SelectionMethod
 from onnxmp.run_records import Decision, Settings
 
@@ -30,14 +30,10 @@ ADAROUND = Settings(weight_rounding=WeightRounding.ADAROUND)
 W4A8, W8A16 = Candidate(4, 8), Candidate(8, 16)
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+@pytest.fixture
+def searched(digits_adarounded):
     """The digits CNN on npu, AdaRounded as a search rounds it (float-network inputs)."""
-    model = onnx.load(str(DIGITS))
-    calib = calib_data.load_arrays(DIGITS_CALIB, model)
-    prepared = steps.prepare(model, load_profile("npu"), calib)
-    calibrated = steps.calibrate_ranges(prepared, calib, ADAROUND)
-    return steps.adaround(calibrated, ADAROUND, tmp_path_factory.mktemp("search"))
+    return digits_adarounded
 
 
 def _ends_at_4_bits(prepared) -> Plan:
