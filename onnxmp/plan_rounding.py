@@ -7,7 +7,7 @@ keeps the predictions honest. Once a plan is chosen its network is known, and ro
 of its low-bit layers on the inputs that network really gives it (AIMET's order, as a
 homogeneous `--bits` run does) fits it better. The result is kept only when it measures a
 higher output SQNR on the calibration data than the stitched integers: the plan, its BOPs and
-the selection stay what the search chose, and the quality can only go up.
+the selection stay what the search chose, and the measured output SQNR can only go up.
 """
 
 from __future__ import annotations
