@@ -123,13 +123,14 @@ def mixed(calibrated, settings, label: str, val, root: Path, refine: bool = True
         rows.append((label, f"MP@{budget:g}", point.bops_rel, point.predicted_sqnr_db, measured, acc))
         print(f"  {rows[-1]}", flush=True)
         if calibrated.rounded and refine:  # the chosen plan AdaRounded again on its own network (plan_rounding)
+            reset_peak_rss()
             start = time.perf_counter()
             refined = plan_rounding.round_plan(calibrated, plan, settings, root / "adaround-plans")
-            seconds = time.perf_counter() - start
+            seconds, peak = time.perf_counter() - start, peak_rss_since_reset_mib()
             acc = imagenet.top1(steps.simulate(prepared, plan, refined.encodings, refined.rounded, refined.biases), *val())
             rows.append((f"{label}+plan", f"MP@{budget:g}", point.bops_rel, point.predicted_sqnr_db,
                          steps.measured_sqnr(refined, plan, settings.batch_size), acc))
-            print(f"  {rows[-1]} (plan AdaRound {seconds:.0f} s, 0 if cached)", flush=True)
+            print(f"  {rows[-1]} (plan AdaRound {seconds:.0f} s, 0 if cached; its own peak RSS {peak:.0f} MiB)", flush=True)
     return rows
 
 
