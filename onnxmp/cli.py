@@ -151,7 +151,7 @@ def _summary(result: Result) -> None:
     if point.measured_sqnr_db is not None:
         click.echo(f"measured SQNR     {point.measured_sqnr_db:.2f} dB; deployed {report_html.deployed_note(point, result.refined_sqnr_db)}")
     if result.refined_sqnr_db is not None:
-        written = "written" if report_html.written_sqnr(point, result.refined_sqnr_db) == result.refined_sqnr_db else "not written"
+        written = "written" if report_html.refined_written(point, result.refined_sqnr_db) else "not written"
         click.echo(f"plan-rounded SQNR {result.refined_sqnr_db:.2f} dB (AdaRound on the plan's own network; {written})")
     if point.accuracy is not None:
         click.echo(f"accuracy          {point.accuracy:.2f}")

@@ -17,7 +17,7 @@ from onnxmp import bops, model_io, versions
 from onnxmp.float_candidate import estimate_error
 from onnxmp.float_candidate import label as candidate_label
 from onnxmp.records import ParetoCurve, ParetoPoint, Plan, SensitivityTable
-from onnxmp.report_html import deployed_note, report_html
+from onnxmp.report_html import deployed_note, refined_written, report_html
 from onnxmp.run_records import Decision, Prepared
 
 
@@ -61,8 +61,7 @@ def plan_json(prepared: Prepared, plan: Plan, point: ParetoPoint) -> dict:
 def refinement_note(decision: Decision) -> str:
     """What AdaRound on the chosen plan's own network measured, and which weights were written."""
     refined, stitched = decision.refined_sqnr_db, decision.point.measured_sqnr_db
-    kept = refined is not None and stitched is not None and refined > stitched
-    written = "the re-rounded weights" if kept else "the search's weights (better)"
+    written = "the re-rounded weights" if refined_written(decision.point, refined) else "the search's weights (better)"
     return (f"AdaRound on the chosen plan's own network: measured {_csv(refined)} dB, "
             f"{_csv(stitched)} dB with the search's weights; written: {written}")
 

@@ -231,11 +231,15 @@ def _plottable(value: float) -> float:
     return value if math.isfinite(value) else math.nan
 
 
+def refined_written(point: ParetoPoint, refined: float | None) -> bool:
+    """Whether the model was written with the plan-rounded weights (`plan_rounding.refine`'s rule:
+    they measured a higher SQNR than the search's)."""
+    return refined is not None and (point.measured_sqnr_db is None or refined > point.measured_sqnr_db)
+
+
 def written_sqnr(point: ParetoPoint, refined: float | None) -> float | None:
-    """The simulated SQNR of the weights the model was written with: the plan-rounded ones
-    (`plan_rounding`) when they measured better than the search's, else the point's."""
-    measured = point.measured_sqnr_db
-    return refined if refined is not None and (measured is None or refined > measured) else measured
+    """The simulated SQNR of the weights the model was written with."""
+    return refined if refined_written(point, refined) else point.measured_sqnr_db
 
 
 def deployed_note(point: ParetoPoint, refined: float | None = None) -> str:

@@ -36,7 +36,6 @@ def open_store(output_dir: Path, prepared: Prepared, settings: Settings) -> Resu
     return ResultStore(Path(output_dir) / STORE_NAME, key)
 
 
-
 def plain_phase1(prepared: Prepared, settings: Settings, store: ResultStore) -> tuple[SensitivityTable | None, ParetoCurve]:
     """The plain run's (nearest rounding, no bias correction, MSE ranges) table and curve when it left
     them in the same store file: read, never measured here (that would double phase 1; README "AdaRound")."""
