@@ -19,7 +19,7 @@ import pytest
 from onnx import numpy_helper
 
 import onnxmp
-from onnxmp import plan_rounding, steps
+from onnxmp import apply, plan_rounding, steps
 from onnxmp.hw_profile import WeightRounding
 from onnxmp.records import Candidate, ParetoPoint, Plan, Selection, SelectionMethod
 from onnxmp.run_records import Decision, Settings
@@ -128,6 +128,11 @@ def test_a_search_writes_the_refined_weights_and_reports_both_sqnrs(tmp_path):
     assert ("written: the re-rounded weights" in report) is better
     assert better is any(not np.array_equal(refined[k], stitched[k]) for k in refined)
     assert abs(plan["deployed_sqnr_db"] - (plan["refined_sqnr_db"] if better else plan["measured_sqnr_db"])) < 0.5
+    # the AIMET-style export carries the written weights: model.adarounded.onnx + encodings.json rebuild them
+    out = tmp_path / "refined"
+    applied, unknown = apply.apply_encodings(out / "model.adarounded.onnx", out / "encodings.json", tmp_path / "applied")
+    rebuilt = sorted(a.tobytes() for a in _integers(onnx.load(str(applied))).values())
+    assert unknown == () and rebuilt == sorted(a.tobytes() for a in refined.values())
 
 
 def test_the_cli_prints_the_plan_rounded_sqnr_unless_told_not_to_round(tmp_path):
