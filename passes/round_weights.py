@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxmp import model_io
 from onnxmp.calib_data import CalibrationSet
 from onnxmp.graph import DataflowGraph, build
 from onnxmp.passes.adaround import AdaRoundParams, LayerProblem, adaround, gram_factor, output_error
@@ -168,9 +169,8 @@ def _walks(pending: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
 
 
 def _network_id(quantized: QuantizedNetwork) -> str:
-    """sha256 of the quantized network before any rounding: layer inputs walked on one network
-    are not those of another (another plan, profile or activation range)."""
-    return hashlib.sha256(quantized(LayerRounding()).SerializeToString(deterministic=True)).hexdigest()
+    """The streamed fingerprint of the unrounded quantized network: walked inputs are that network's."""
+    return model_io.fingerprint(quantized(LayerRounding()))
 
 
 @dataclass(frozen=True)
