@@ -59,10 +59,16 @@ class CalibrationSet:
     def num_samples(self) -> int:
         return len(next(iter(self.arrays.values())))
 
+    def starts(self, batch_size: int) -> range:
+        """The first sample of each run `batches(batch_size)` yields: callers that pair runs
+        with sample indices (seeded sampling, stored chunks) take them from here, so a static
+        batch (`run_size`) steps them the same way."""
+        return range(0, self.num_samples, self.run_size or batch_size)
+
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of at most `batch_size` samples (`run_size` when set), in order (deterministic)."""
         size = self.run_size or batch_size
-        for start in range(0, self.num_samples, size):
+        for start in self.starts(batch_size):
             feeds = {k: self._feed(k, v[start : start + size]) for k, v in self.arrays.items()}
             yield {**feeds, **self.shared}
 

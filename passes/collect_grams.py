@@ -68,8 +68,7 @@ def layer_grams(
     names = sorted({layout.input for layout in layouts})
     sess = _prefix_session(model, names)
     sums: dict[str, list[Any]] = {layout.weight: [0.0, None, 0, 0.0, 0.0] for layout in layouts}
-    starts = range(0, calib.num_samples, calib.run_size or settings.batch_size)  # a static batch runs run_size at a time
-    for start, feeds in zip(starts, calib.batches(settings.batch_size), strict=True):
+    for start, feeds in zip(calib.starts(settings.batch_size), calib.batches(settings.batch_size), strict=True):
         values = _run(sess, names, feeds)
         for layout in layouts:
             rows = unfold(values[layout.input], layout, settings.positions, _rng(settings, layout, start))

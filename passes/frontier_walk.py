@@ -63,7 +63,7 @@ class FrontierWalk:
         self._frontiers = [tuple(f) for f in frontiers]
         calib = inputs if isinstance(inputs, CalibrationSet) else CalibrationSet(inputs)
         self._count = calib.num_samples
-        self._starts = range(0, self._count, calib.run_size or batch_size)
+        self._starts = calib.starts(batch_size)
         # the checkpoint, chunk by chunk (joining them into one array per tensor cost a second
         # copy and fresh pages: 4 s per walk of EfficientNet-Lite0); computed chunks are copies
         # of ONNX Runtime's outputs (`runtime.owned`: its own arrays would keep each segment

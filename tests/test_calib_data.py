@@ -294,3 +294,12 @@ def test_check_finite_ranges_names_the_first_tensor_that_overflows():
         "the inputs are too large for this model: scale them down"
     )
     calib_data.check_finite_ranges({"x": (-3e38, 3e38)})
+
+
+def test_starts_step_like_the_runs_batches_yields():
+    from onnxmp.calib_data import CalibrationSet
+
+    free = CalibrationSet({"x": np.zeros((20, 3), np.float32)})
+    assert list(free.starts(8)) == [0, 8, 16] and len(list(free.batches(8))) == 3
+    static = CalibrationSet({"x": np.zeros((6, 3), np.float32)}, run_size=2)  # a model with a fixed batch of 2
+    assert list(static.starts(8)) == [0, 2, 4] and [b["x"].shape[0] for b in static.batches(8)] == [2, 2, 2]

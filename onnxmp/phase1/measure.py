@@ -68,7 +68,7 @@ def measure(
 ) -> OutputNoise:
     """Signal and noise of the whole `model`'s outputs (a model or its path) against the float
     `reference`; `simulate=False` runs it as deployed (ONNX Runtime's QDQ rewrites on)."""
-    chunks = zip(range(0, calib.num_samples, calib.run_size or batch_size), calib.batches(batch_size), strict=True)
+    chunks = zip(calib.starts(batch_size), calib.batches(batch_size), strict=True)
     return measure_chunks(model, chunks, reference, signal_of(reference), simulate=simulate)
 
 
